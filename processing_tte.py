@@ -1,0 +1,300 @@
+"""Think-Then-Embed processor: reasoner prompts, ECR parsing and truncation, and embedder inputs.
+
+Hub remote code: imports only transformers, PIL and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoProcessor, BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+ECR_MODES = ("full", "answer_only", "none")
+SIDES = ("query", "target")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+_FORMAT = (
+    "Think step by step inside <think> </think>, then write the final answer on its own line as "
+    "'Answer: <answer>'."
+)
+# Per task type: (query-side directive, target-side directive). The query side reasons towards what a matching
+# target would contain; the target side summarises what a query would ask of this candidate.
+REASONER_PROMPTS = {
+    "classification": (
+        "Reason about the visual evidence and decide which class label fits best.",
+        "Describe what this class label means and what visual evidence would support it.",
+    ),
+    "vqa": (
+        "Reason about the image to answer the question.",
+        "Restate this answer and the kind of question it answers.",
+    ),
+    "retrieval": (
+        "Reason about the content and describe the candidate that should be retrieved.",
+        "Summarise the key content of this candidate that a search query would mention.",
+    ),
+    "composed_retrieval": (
+        "Reason about the reference image and the requested modification, then describe the resulting target.",
+        "Summarise the key content of this candidate that a modification query would describe.",
+    ),
+    "grounding": (
+        "Reason about where the referred object is and describe it and its surroundings.",
+        "Describe the object shown in this region.",
+    ),
+    "video": (
+        "Reason about the frames in order: the events, actions and objects, then answer.",
+        "Summarise the events and content of this video or description.",
+    ),
+    "visual_document": (
+        "Reason about what information the query asks for and what a relevant page would contain.",
+        "Summarise the information this document page contains.",
+    ),
+}
+TASK_TYPES = tuple(REASONER_PROMPTS)
+
+_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_ANSWER = re.compile(r"Answer:\s*(.*)", re.DOTALL)
+
+
+@dataclass
+class ParsedECR:
+    """An embedding-centric reasoning trace split into its parts (either may be `None`)."""
+
+    think: str | None
+    answer: str | None
+
+
+def parse_ecr(text: str) -> ParsedECR:
+    """Split `<think> ... </think> Answer: ...` into its reasoning and its answer."""
+    think_match = _THINK.search(text)
+    tail = text[think_match.end():] if think_match else text
+    answer_match = _ANSWER.search(tail)
+    think = think_match.group(1).strip() if think_match else None
+    answer = answer_match.group(1).strip() if answer_match else None
+    return ParsedECR(think=think, answer=answer or None)
+
+
+def format_ecr(think: str | None, answer: str | None) -> str:
+    """The canonical ECR text: `<think>reasoning</think> Answer: answer`."""
+    parts = []
+    if think is not None:
+        parts.append(f"<think>{think}</think>")
+    if answer is not None:
+        parts.append(f"Answer: {answer}")
+    return " ".join(parts)
+
+
+def answer_only(text: str) -> str:
+    """The paper's 'ECR without CoT' ablation: keep only the answer line (the raw text if it has none)."""
+    parsed = parse_ecr(text)
+    if parsed.answer is not None:
+        return format_ecr(None, parsed.answer)
+    return _THINK.sub("", text).strip()
+
+
+def load_image(source, where: str) -> Image.Image:
+    """An RGB PIL image from a PIL image or a path; errors name `where` (row and field) and the path."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"{where}: expected a PIL image or a path, got {type(source).__name__}")
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{where}: cannot read image {path}: {error}") from error
+
+
+def load_video(source, where: str) -> list[Image.Image]:
+    """Frames from a list of frames (PIL or paths) or a folder of image files (sorted by name)."""
+    if isinstance(source, (str, os.PathLike)):
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{where}: video frame folder not found: {folder}")
+        source = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    frames = [load_image(frame, f"{where}[{i}]") for i, frame in enumerate(source)]
+    if not frames:
+        raise ValueError(f"{where}: video has no frames")
+    return frames
+
+
+class TTEProcessor(ProcessorMixin):
+    r"""
+    Builds reasoner prompts and embedder inputs for Think-Then-Embed on top of a backbone VLM processor (rebuilt
+    from the stored `backbone_processor_class`, e.g. `Qwen2VLProcessor`).
+
+    Rows are dicts with any of `image` (PIL image or path), `video` (list of frames or a folder of frames), `text`,
+    `instruction`, and `ecr` (the reasoning trace, `<think> ... </think> Answer: ...`).
+
+    Args:
+        image_processor, video_processor, tokenizer: the backbone's sub-processors.
+        chat_template (`str`, *optional*): the backbone's chat template.
+        backbone_processor_class (`str`): name of the backbone processor class in `transformers`.
+        ecr_mode (`str`, *optional*, defaults to `"full"`): `"full"` feeds the whole ECR to the embedder,
+            `"answer_only"` only its answer line (the paper's "without CoT" ablation), `"none"` no ECR (baseline).
+        max_ecr_tokens (`int`, *optional*, defaults to 512): longer ECR is truncated (keeping its answer line).
+    """
+
+    def __init__(self, image_processor=None, video_processor=None, tokenizer=None, chat_template=None,
+                 backbone_processor_class: str = "Qwen2VLProcessor", ecr_mode: str = "full",
+                 max_ecr_tokens: int = 512, **kwargs):
+        if ecr_mode not in ECR_MODES:
+            raise ValueError(f"TTEProcessor.ecr_mode must be one of {list(ECR_MODES)}, got {ecr_mode!r}")
+        if not isinstance(max_ecr_tokens, int) or max_ecr_tokens <= 0:
+            raise ValueError(f"TTEProcessor.max_ecr_tokens must be a positive integer, got {max_ecr_tokens!r}")
+        self.backbone_processor_class = backbone_processor_class
+        self.ecr_mode = ecr_mode
+        self.max_ecr_tokens = max_ecr_tokens
+        super().__init__(image_processor, video_processor, tokenizer, chat_template=chat_template)
+        backbone_class = getattr(transformers, backbone_processor_class, None)
+        if backbone_class is None:
+            raise ValueError(f"TTEProcessor.backbone_processor_class {backbone_processor_class!r} is not in transformers")
+        self.backbone = backbone_class(image_processor=image_processor, video_processor=video_processor,
+                                       tokenizer=tokenizer, chat_template=chat_template)
+
+    @classmethod
+    def from_backbone(cls, pretrained_model_name_or_path: str, **kwargs) -> TTEProcessor:
+        """Wrap a backbone VLM's processor (hub id or local folder). `kwargs`: `ecr_mode`, `max_ecr_tokens`, and
+        anything else for `AutoProcessor.from_pretrained`."""
+        own = {k: kwargs.pop(k) for k in ("ecr_mode", "max_ecr_tokens") if k in kwargs}
+        backbone = AutoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        missing = [name for name in ("image_processor", "video_processor", "tokenizer")
+                   if getattr(backbone, name, None) is None]
+        if missing:
+            raise ValueError(f"{pretrained_model_name_or_path!r} has no {', '.join(missing)}: not a vision-language "
+                             f"processor (got {type(backbone).__name__})")
+        return cls(backbone.image_processor, backbone.video_processor, backbone.tokenizer,
+                   chat_template=backbone.chat_template, backbone_processor_class=type(backbone).__name__, **own)
+
+    def __call__(self, *args, **kwargs) -> BatchFeature:
+        """The backbone processor's `__call__` (text with image/video placeholders, images, videos)."""
+        return self.backbone(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return self.backbone.model_input_names
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    # ---------------------------------------------------------------- rows and messages
+    def _user_turn(self, row: dict, where: str, extra_text: str | None = None) -> tuple[dict, dict]:
+        """The user message of `row` and its loaded media (`{"images": [...], "videos": [...]}`)."""
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(row).__name__}")
+        unknown = set(row) - {"image", "video", "text", "instruction", "ecr"}
+        if unknown:
+            logger.warning_once(f"TTEProcessor ignores row fields {sorted(unknown)}")
+        content, media = [], {"images": [], "videos": []}
+        if row.get("image") is not None:
+            media["images"].append(load_image(row["image"], f"{where} field 'image'"))
+            content.append({"type": "image"})
+        if row.get("video") is not None:
+            media["videos"].append(load_video(row["video"], f"{where} field 'video'"))
+            content.append({"type": "video"})
+        text = (row.get("text") or "").strip()
+        if not text and not content:
+            raise ValueError(f"{where}: needs an image, a video or non-empty text")
+        words = [(row.get("instruction") or "").strip(), text, (extra_text or "").strip()]
+        content.append({"type": "text", "text": "\n".join(w for w in words if w)})
+        return {"role": "user", "content": content}, media
+
+    def _batch(self, texts: list[str], media: list[dict], padding_side: str) -> BatchFeature:
+        images = [image for m in media for image in m["images"]] or None
+        videos = [video for m in media for video in m["videos"]] or None
+        return self.backbone(text=texts, images=images, videos=videos, padding=True, padding_side=padding_side,
+                             return_tensors="pt")
+
+    # ---------------------------------------------------------------- ECR
+    def truncate_ecr(self, ecr: str, max_tokens: int | None = None) -> str:
+        """Cut `ecr` to `max_tokens` tokens (default `self.max_ecr_tokens`), shortening the reasoning first so the
+        `Answer:` line survives; logs a warning when it truncates."""
+        limit = max_tokens or self.max_ecr_tokens
+        ids = self.tokenizer(ecr, add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return ecr
+        logger.warning(f"Truncating an ECR of {len(ids)} tokens to max_ecr_tokens={limit}")
+        parsed = parse_ecr(ecr)
+        if parsed.think is not None and parsed.answer is not None:
+            budget = limit - len(self.tokenizer(format_ecr("", parsed.answer), add_special_tokens=False)["input_ids"])
+            if budget > 0:
+                think_ids = self.tokenizer(parsed.think, add_special_tokens=False)["input_ids"][:budget]
+                return format_ecr(self.tokenizer.decode(think_ids).strip(), parsed.answer)
+        return self.tokenizer.decode(ids[:limit])
+
+    def embedder_ecr(self, ecr: str | None) -> str:
+        """The ECR text the embedder reads for `ecr` under this processor's `ecr_mode`."""
+        if ecr is None or self.ecr_mode == "none":
+            return ""
+        if self.ecr_mode == "answer_only":
+            ecr = answer_only(ecr)
+        return self.truncate_ecr(ecr.strip())
+
+    # ---------------------------------------------------------------- embedder inputs
+    def embedder_text(self, user_turn: dict, ecr: str | None) -> str:
+        """Chat prompt + ECR as the assistant turn, ending at the end-of-turn token (whose state is pooled)."""
+        prompt = self.backbone.apply_chat_template([user_turn], tokenize=False, add_generation_prompt=True)
+        return prompt + self.embedder_ecr(ecr) + self.tokenizer.eos_token
+
+    def _embedder_batch(self, rows: list[dict], side: str, padding_side: str) -> BatchFeature:
+        if not rows:
+            raise ValueError(f"process_{side}s needs at least one row")
+        texts, media = [], []
+        for index, row in enumerate(rows):
+            turn, row_media = self._user_turn(row, f"{side} row {index}")
+            texts.append(self.embedder_text(turn, row.get("ecr")))
+            media.append(row_media)
+        return self._batch(texts, media, padding_side)
+
+    def process_queries(self, rows: list[dict], padding_side: str = "right") -> BatchFeature:
+        """Embedder inputs for query rows (`image`, `video`, `text`, `instruction`, `ecr`)."""
+        return self._embedder_batch(rows, "query", padding_side)
+
+    def process_targets(self, rows: list[dict], padding_side: str = "right") -> BatchFeature:
+        """Embedder inputs for target/candidate rows (same fields as queries)."""
+        return self._embedder_batch(rows, "target", padding_side)
+
+    # ---------------------------------------------------------------- reasoner inputs
+    def reasoner_messages(self, row: dict, task_type: str, side: str = "query", hint: str | None = None,
+                          where: str = "row") -> tuple[list[dict], dict]:
+        """Chat messages asking a reasoner for the ECR of `row`, and the row's media. `hint` (teacher runs on
+        training data) is the ground-truth target, which the reasoner is told to use but not to reveal."""
+        if task_type not in REASONER_PROMPTS:
+            raise ValueError(f"task_type must be one of {list(TASK_TYPES)}, got {task_type!r}")
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {list(SIDES)}, got {side!r}")
+        directive = REASONER_PROMPTS[task_type][SIDES.index(side)]
+        if hint:
+            directive += (f"\nHint (the ground-truth target): {hint}. Use it to guide your reasoning, "
+                          "but do not reveal or copy it.")
+        turn, media = self._user_turn(row, where, extra_text=f"{directive}\n{_FORMAT}")
+        return [turn], media
+
+    def process_reasoner_inputs(self, rows: list[dict], task_type: str, side: str = "query",
+                                hints: list[str | None] | None = None) -> BatchFeature:
+        """Left-padded generation inputs asking a reasoner for each row's ECR."""
+        if not rows:
+            raise ValueError("process_reasoner_inputs needs at least one row")
+        hints = hints or [None] * len(rows)
+        texts, media = [], []
+        for index, (row, hint) in enumerate(zip(rows, hints, strict=True)):
+            messages, row_media = self.reasoner_messages(row, task_type, side, hint, where=f"{side} row {index}")
+            texts.append(self.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+            media.append(row_media)
+        return self._batch(texts, media, padding_side="left")
+
+
+TTEProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["ParsedECR", "TTEProcessor", "answer_only", "format_ecr", "parse_ecr"]
