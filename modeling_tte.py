@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.utils import ModelOutput, logging
@@ -103,7 +104,8 @@ class LayerCapture:
 
     def injections(self) -> list[torch.Tensor | None]:
         """Per copied layer: what the decoder added after it, or `None` when nothing was."""
-        return [None if after is out else after - out for out, after in zip(self._outputs, self._boundaries)]
+        pairs = zip(self._outputs, self._boundaries, strict=True)
+        return [None if after is out else after - out for out, after in pairs]
 
 
 class LastTokenHead(nn.Module):
@@ -185,7 +187,7 @@ class QFormerHead(nn.Module):
         padding = states.attention_mask == 0
         first = states.hidden_states[self.layers[0]]
         queries = self.queries.to(first.dtype).expand(first.shape[0], -1, -1)
-        for layer, block in zip(self.layers, self.blocks):
+        for layer, block in zip(self.layers, self.blocks, strict=True):
             queries = block(queries, states.hidden_states[layer], padding)
         return queries.mean(1)
 
@@ -205,13 +207,38 @@ class SelfInitHead(nn.Module):
     def forward(self, states: BackboneStates) -> torch.Tensor:
         capture = states.layer_capture
         hidden = capture.inputs
-        for layer, injection in zip(self.layers, capture.injections()):
+        for layer, injection in zip(self.layers, capture.injections(), strict=True):
             hidden = layer(hidden, **capture.layer_kwargs)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             if injection is not None:
                 hidden = hidden + injection
         return last_token_pool(self.norm(hidden), states.attention_mask)
 
+
+MODEL_CARD = """---
+library_name: transformers
+pipeline_tag: feature-extraction
+tags: [think-then-embed, multimodal-embedding, custom_code]
+---
+# Think-Then-Embed embedding model
+
+A Think-Then-Embed (arXiv 2510.05014) embedding model: a `{backbone}` backbone in `{mode}` mode with a
+`{head_type}` head. Queries and targets are embedded together with their embedding-centric reasoning trace
+(ECR, `<think> ... </think> Answer: ...`) written by a reasoner model.
+
+```python
+import torch
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("<this repo>", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained("<this repo>", trust_remote_code=True)
+queries = processor.process_queries([{{"image": "photo.jpg", "instruction": "Find a caption for the image.",
+                                      "ecr": "<think>...</think> Answer: ..."}}])
+targets = processor.process_targets([{{"text": "a red car"}}])
+with torch.inference_mode():
+    scores = model(**queries).embeddings @ model(**targets).embeddings.T
+```
+"""
 
 HEADS = {
     "last_token": LastTokenHead,
@@ -286,7 +313,7 @@ class TTEForEmbedding(TTEPreTrainedModel):
             kwargs: `TTEConfig` fields (`mode`, `head_type`, ...) configure the model; everything else (`dtype`,
                 `attn_implementation`, `device_map`, `revision`, ...) goes to the backbone's `from_pretrained`.
         """
-        tte_fields = {f.name for f in fields(TTEConfig)} - {"vlm_config"}
+        tte_fields = {f.name for f in fields(TTEConfig)} - {f.name for f in fields(PreTrainedConfig)} - {"vlm_config"}
         tte_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in tte_fields}
         backbone_config = AutoConfig.from_pretrained(pretrained_model_name_or_path,
                                                      revision=kwargs.get("revision"))
@@ -300,6 +327,15 @@ class TTEForEmbedding(TTEPreTrainedModel):
         config.vlm_config = vlm.config
         model = cls(config, vlm=vlm)
         return model.to(vlm.dtype)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) with usage if the folder has none."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        card = os.path.join(save_directory, "README.md")
+        if kwargs.get("is_main_process", True) and not os.path.exists(card):
+            with open(card, "w", encoding="utf-8") as handle:
+                handle.write(MODEL_CARD.format(mode=self.config.mode, head_type=self.config.head_type,
+                                               backbone=self.config.vlm_config.model_type))
 
     @property
     def backbone_trainable(self) -> bool:

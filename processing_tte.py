@@ -159,7 +159,9 @@ class TTEProcessor(ProcessorMixin):
         super().__init__(image_processor, video_processor, tokenizer, chat_template=chat_template)
         backbone_class = getattr(transformers, backbone_processor_class, None)
         if backbone_class is None:
-            raise ValueError(f"TTEProcessor.backbone_processor_class {backbone_processor_class!r} is not in transformers")
+            raise ValueError(
+                f"TTEProcessor.backbone_processor_class {backbone_processor_class!r} is not a transformers class"
+            )
         self.backbone = backbone_class(image_processor=image_processor, video_processor=video_processor,
                                        tokenizer=tokenizer, chat_template=chat_template)
 

@@ -39,7 +39,7 @@ def main(argv=None) -> torch.Tensor:
     scores = query_emb @ target_emb.T
     print(f"query embeddings {tuple(query_emb.shape)}, norms {query_emb.norm(dim=-1).tolist()}")
     print("query x target similarity (an untrained tiny model, so the numbers are arbitrary):")
-    for colour, row in zip(COLOURS, scores.tolist()):
+    for colour, row in zip(COLOURS, scores.tolist(), strict=True):
         print(f"  {colour:>7}: " + " ".join(f"{s:+.3f}" for s in row))
     model.save_pretrained(out / "tte-model")
     processor.save_pretrained(out / "tte-model")

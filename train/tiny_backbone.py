@@ -10,7 +10,6 @@ tests and the demo exercise exactly the code path used for ``Qwen/Qwen2-VL-2B-In
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
 import torch
@@ -153,10 +152,10 @@ def build_processor(family: str, tokenizer, patch_size: int = 8):
     common = dict(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=pixels)
     image_processor = Qwen2VLImageProcessor(**common)
     if family == "qwen3_vl":
-        video_processor = Qwen3VLVideoProcessor(**common, do_sample_frames=False)
+        video_processor = Qwen3VLVideoProcessor(**common, do_sample_frames=False, cap_pixels_per_frame=True)
         from transformers import Qwen3VLProcessor as processor_class
     else:
-        video_processor = Qwen2VLVideoProcessor(**common, do_sample_frames=False)
+        video_processor = Qwen2VLVideoProcessor(**common, do_sample_frames=False, cap_pixels_per_frame=True)
         from transformers import Qwen2VLProcessor as processor_class
         if family == "qwen2_5_vl":
             from transformers import Qwen2_5_VLProcessor as processor_class
