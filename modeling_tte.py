@@ -326,7 +326,12 @@ class TTEForEmbedding(TTEPreTrainedModel):
         vlm = AutoModelForImageTextToText.from_pretrained(pretrained_model_name_or_path, **kwargs)
         config.vlm_config = vlm.config
         model = cls(config, vlm=vlm)
-        return model.to(vlm.dtype)
+        # the new head sits where the backbone's last layers are (they may be spread by `device_map`)
+        head_device = vlm.get_decoder().norm.weight.device
+        for module in (model.head, model.projection):
+            if module is not None:
+                module.to(device=head_device, dtype=vlm.dtype)
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus a model card (README.md) with usage if the folder has none."""
