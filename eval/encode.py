@@ -38,8 +38,10 @@ class Encoder:
 
     def fill(self, cache: EmbeddingCache, items: dict[str, dict], side: str, rank: int = 0, world: int = 1,
              flush_every: int = 256) -> None:
-        """Embed this process's share (`rank::world`) of the `items` (cache key -> row) missing from `cache`."""
-        todo = cache.missing(items)[rank::world]
+        """Embed this process's share (`rank::world` of all `items`, cache key -> row) that `cache` lacks. The
+        share is fixed by the item order alone, so processes that open the cache at different times still
+        cover every item."""
+        todo = cache.missing(list(items)[rank::world])
         for start in range(0, len(todo), flush_every):
             keys = todo[start:start + flush_every]
             cache.put(keys, self.encode([items[k] for k in keys], side))

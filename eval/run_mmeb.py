@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from accelerate import PartialState
 
@@ -50,8 +51,11 @@ def main(argv=None) -> dict:
     benchmark = f"mmeb_{args.benchmark}"
     names = [n.strip() for n in args.tasks.split(",") if n.strip()] if args.tasks else None
     if not names and not args.category:
-        raise SystemExit("give --tasks or --category")
-    tasks = select_tasks(names, args.category, benchmark)
+        parser.error("give --tasks or --category")
+    try:
+        tasks = select_tasks(names, args.category, benchmark)
+    except KeyError as error:
+        parser.error(error.args[0])
     state = PartialState()
     store = ECRStore(args.ecr_store, part=f"eval-rank{state.process_index}") if args.ecr_store else None
     scores = evaluate_model(args.model, tasks, args.out, ecr_mode=args.ecr_mode, batch_size=args.batch_size,
