@@ -1,0 +1,64 @@
+"""ECR (reasoning traces) for evaluation rows: read from the ECR store, generated through one late-imported seam
+into `train.generate_ecr` when records are missing and a reasoner backend is given."""
+
+from __future__ import annotations
+
+from eval.data import TaskData
+from train.ecr_store import ECRStore, ecr_key
+
+ECR_MODES = ("full", "answer_only", "none")
+
+
+class MissingECRError(LookupError):
+    """The ECR store lacks records for a task and no reasoner backend was given."""
+
+
+def ecr_keys(data: TaskData) -> list[tuple[str, str, str]]:
+    """Store keys of a task: `(task name, query row id, "query")` and `(task name, candidate name, "target")`."""
+    name = data.spec.name
+    return ([ecr_key(name, q.row_id, "query") for q in data.queries]
+            + [ecr_key(name, cand, "target") for cand in data.corpus])
+
+
+def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batch_size: int = 16):
+    """The seam to ECR generation: build `train.generate_ecr.ECRRequest`s for `missing` keys and run
+    `train.generate_ecr.run_generation`, which writes the records into `store`. Returns its report."""
+    from train.generate_ecr import ECRRequest, run_generation
+
+    rows = {"query": {q.row_id: q.row for q in data.queries}, "target": data.corpus}
+    requests = [ECRRequest(dataset, row_id, side, rows[side][row_id], data.spec.task_type)
+                for dataset, row_id, side in missing]
+    return run_generation(requests, store, backend, batch_size=batch_size, show_progress=False)
+
+
+def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", backend=None,
+               batch_size: int = 16) -> TaskData:
+    """Put each query's and candidate's ECR into its row (`row["ecr"]`), in place.
+
+    `ecr_mode="none"` is the no-ECR baseline: rows get no ECR and no store is needed. Otherwise records come from
+    `store`; missing ones are generated with `backend` when given, else `MissingECRError` names the task and rows.
+    """
+    if ecr_mode not in ECR_MODES:
+        raise ValueError(f"ecr_mode must be one of {list(ECR_MODES)}, got {ecr_mode!r}")
+    if ecr_mode == "none":
+        return data
+    name = data.spec.name
+    if store is None:
+        raise MissingECRError(f"task {name}: ecr_mode={ecr_mode!r} needs an ECR store; pass one (--ecr-store) or use "
+                              f"ecr_mode='none' for the no-ECR baseline")
+    keys = ecr_keys(data)
+    missing = store.missing(keys)
+    if missing and backend is not None:
+        generate_missing_ecr(data, missing, store, backend, batch_size)
+        store.reload()
+        missing = store.missing(keys)
+    if missing:
+        shown = ", ".join(f"{side} row {row_id!r}" for _, row_id, side in missing[:3])
+        raise MissingECRError(f"task {name}: {len(missing)} of {len(keys)} ECR records are missing from the store "
+                              f"{store.path} (e.g. {shown}); give a reasoner backend to generate them, or use "
+                              f"ecr_mode='none' for the no-ECR baseline")
+    for query in data.queries:
+        query.row["ecr"] = store.get(name, query.row_id, "query").ecr
+    for cand, row in data.corpus.items():
+        row["ecr"] = store.get(name, cand, "target").ecr
+    return data

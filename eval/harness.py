@@ -1,0 +1,131 @@
+"""Evaluate a TTE model on MMEB tasks: load, attach ECR, embed (cached, deduplicated, sharded), rank, score."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from eval.cache import EmbeddingCache, item_key, model_fingerprint
+from eval.data import TaskData
+from eval.ecr import attach_ecr
+from eval.encode import Encoder
+from eval.loaders import load_task
+from eval.metrics import KS, query_metrics, rank_candidates, task_scores
+from eval.report import score_path, write_summary, write_task_outputs
+from eval.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+
+def rank_task(data: TaskData, query_emb: torch.Tensor, corpus_emb: torch.Tensor, pred_topk: int = 100):
+    """Rank each query's candidates (local) or the whole corpus (global) by dot product; returns per-query
+    metrics and prediction records."""
+    names = list(data.corpus)
+    index = {name: i for i, name in enumerate(names)}
+    per_query, predictions = [], []
+    for i, query in enumerate(data.queries):
+        cands = query.candidates if query.candidates is not None else names
+        rows = corpus_emb[[index[c] for c in cands]] if query.candidates is not None else corpus_emb
+        ranked = rank_candidates(rows @ query_emb[i], cands)
+        per_query.append(query_metrics(ranked, query.relevance, KS))
+        predictions.append({"row_id": query.row_id, "prediction": ranked[:pred_topk],
+                            "label": list(query.relevance), "rel_scores": list(query.relevance.values())})
+    return per_query, predictions
+
+
+def embed_task(data: TaskData, encoder: Encoder, cache_root: Path, rank: int = 0, world: int = 1,
+               barrier=lambda: None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Embed a task's queries and deduplicated candidates through the cache; every process encodes its share,
+    then (after `barrier`) rank 0 gets `(query_emb, corpus_emb)` and the others `None`."""
+    sides = {"query": {item_key(q.row_id, q.row): q.row for q in data.queries},
+             "target": {item_key(name, row): row for name, row in data.corpus.items()}}
+    caches = {side: EmbeddingCache(cache_root / data.spec.name / side) for side in sides}
+    for side, items in sides.items():
+        encoder.fill(caches[side], items, side, rank, world)
+    barrier()
+    if rank != 0:
+        return None
+    for cache in caches.values():
+        cache.reload()
+    return tuple(caches[side].stack(list(items)) for side, items in sides.items())
+
+
+def evaluate_task(spec: TaskSpec, data: TaskData, encoder: Encoder, out_dir, cache_root: Path, rank: int = 0,
+                  world: int = 1, barrier=lambda: None, pred_topk: int = 100) -> dict | None:
+    """Embed, rank and score one loaded task; rank 0 writes its outputs and returns the scores."""
+    embedded = embed_task(data, encoder, cache_root, rank, world, barrier)
+    if embedded is None:
+        return None
+    per_query, predictions = rank_task(data, *embedded, pred_topk=pred_topk)
+    scores = task_scores(per_query, num_data=len(data.queries))
+    write_task_outputs(out_dir, spec, scores, predictions)
+    return scores
+
+
+def check_run_record(out_dir, record: dict) -> None:
+    """Refuse to mix results of different models or settings in one output folder."""
+    path = Path(out_dir) / "run.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("fingerprint") != record["fingerprint"]:
+            raise ValueError(f"{out_dir} holds results of another model or setting ({old.get('model')}, ecr_mode "
+                             f"{old.get('ecr_mode')}); use another --out folder")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def run_tasks(tasks: list[TaskSpec], encoder: Encoder, out_dir, fingerprint: str, cache_dir=None, data_root=None,
+              media_root=None, ecr_store=None, ecr_mode: str = "full", reasoner=None, num_frames: int = 8,
+              state=None, model_name: str = "model") -> dict[str, dict]:
+    """Evaluate `tasks` in order, skipping tasks whose `{task}_score.json` exists (resume), then write the
+    summary for each benchmark touched. `state` is an `accelerate.PartialState` (or `None` for one process)."""
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    barrier = state.wait_for_everyone if state is not None else (lambda: None)
+    cache_root = Path(cache_dir or Path(out_dir) / "embedding_cache") / fingerprint
+    done = {}
+    for spec in tasks:
+        if score_path(out_dir, spec).is_file():
+            logger.info("%s: already scored, skipping", spec.name)
+            done[spec.name] = json.loads(score_path(out_dir, spec).read_text(encoding="utf-8"))
+            continue
+        data = load_task(spec, data_root, media_root, num_frames)
+        attach_ecr(data, ecr_store, ecr_mode, backend=reasoner)
+        scores = evaluate_task(spec, data, encoder, out_dir, cache_root, rank, world, barrier)
+        barrier()
+        if scores is not None:
+            done[spec.name] = scores
+    if rank == 0:
+        for benchmark in dict.fromkeys(spec.benchmark for spec in tasks):
+            write_summary(out_dir, benchmark, model_name, {"fingerprint": fingerprint, "ecr_mode": ecr_mode})
+    return done
+
+
+def load_model(model_path, ecr_mode: str = "full", device=None, dtype=None):
+    """A `TTEForEmbedding` and `TTEProcessor` from a saved TTE folder (local or hub id), set to `ecr_mode`."""
+    from modeling_tte import TTEForEmbedding
+    from processing_tte import TTEProcessor
+
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    model = TTEForEmbedding.from_pretrained(model_path, **kwargs).eval()
+    if device is not None:
+        model = model.to(device)
+    processor = TTEProcessor.from_pretrained(model_path, trust_remote_code=True)
+    processor.ecr_mode = ecr_mode
+    return model, processor
+
+
+def evaluate_model(model_path, tasks: list[TaskSpec], out_dir, ecr_mode: str = "full", batch_size: int = 8,
+                   model_name: str | None = None, state=None, **kwargs) -> dict[str, dict]:
+    """Load a model and `run_tasks`; `kwargs` go to `run_tasks` (`data_root`, `ecr_store`, `cache_dir`, ...)."""
+    device = state.device if state is not None else None
+    model, processor = load_model(model_path, ecr_mode, device=device)
+    fingerprint = model_fingerprint(model_path, ecr_mode=ecr_mode, max_ecr_tokens=processor.max_ecr_tokens)
+    if state is None or state.is_main_process:
+        check_run_record(out_dir, {"model": str(model_path), "ecr_mode": ecr_mode, "fingerprint": fingerprint})
+    encoder = Encoder(model, processor, batch_size=batch_size, device=device)
+    name = model_name or Path(str(model_path).rstrip("/")).name
+    return run_tasks(tasks, encoder, out_dir, fingerprint, ecr_mode=ecr_mode, state=state, model_name=name, **kwargs)
