@@ -419,7 +419,8 @@ class GenerateECRArguments:
 
     Args:
         store (`str`): the ECR store folder; each process appends to its own part file `rank<i>.jsonl`.
-        datasets (`list[MMEBDatasetConfig]`): MMEB-format datasets (`name`, `path`, `subset`, `task_type`, ...).
+        datasets (`list`): MMEB-format datasets, each a mapping with the fields of `MMEBDatasetConfig` (`name`,
+            `path`, `subset`, `task_type`, ...); on the command line, JSON objects.
         image_root (`str`, *optional*): folder the image paths are relative to.
         sides (`list[str]`, defaults to query and target): which sides to reason about.
         teacher_hint (`bool`, defaults to `False`): pass the positive target's text as a hint on the query side
@@ -433,7 +434,8 @@ class GenerateECRArguments:
 
     store: str = field(metadata={"help": "ECR store folder"})
     model: str = field(metadata={"help": "checkpoint (local backend) or served model name (openai backend)"})
-    datasets: list[MMEBDatasetConfig] = field(default_factory=list, metadata={"help": "MMEB-format datasets"})
+    datasets: list[str] = field(default_factory=list, metadata={
+        "help": "MMEB-format datasets: mappings in YAML, JSON objects on the command line (MMEBDatasetConfig)"})
     image_root: str | None = field(default=None, metadata={"help": "image paths are relative to this folder"})
     sides: list[str] = field(default_factory=lambda: ["query", "target"], metadata={"help": "query and/or target"})
     teacher_hint: bool = field(default=False, metadata={"help": "give the ground-truth target as a hint (teacher)"})
@@ -457,13 +459,30 @@ class GenerateECRArguments:
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
-        self.datasets = [MMEBDatasetConfig(**d) if isinstance(d, dict) else d for d in self.datasets]
+        self.datasets = [dataset_config(spec) for spec in self.datasets]
         if not self.datasets:
             raise ValueError("generate_ecr needs at least one entry in `datasets`")
         if self.backend not in ("local", "openai"):
             raise ValueError(f"backend must be 'local' or 'openai', got {self.backend!r}")
         if set(self.sides) - {"query", "target"} or not self.sides:
             raise ValueError(f"sides must be a non-empty subset of ['query', 'target'], got {self.sides}")
+
+
+def dataset_config(spec) -> MMEBDatasetConfig:
+    """An `MMEBDatasetConfig` from a config, a mapping (YAML) or a JSON object string (command line)."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"a dataset on the command line must be a JSON object, got {spec!r}") from error
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(MMEBDatasetConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"dataset {spec.get('name')!r}: unknown fields {sorted(unknown)}")
+        return MMEBDatasetConfig(**spec)
+    if not isinstance(spec, MMEBDatasetConfig):
+        raise ValueError(f"a dataset must be a mapping or an MMEBDatasetConfig, got {type(spec).__name__}")
+    return spec
 
 
 def build_requests(pairs: list[MMEBPair], task_type: str, sides=("query", "target"),
