@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from processing_tte import TASK_TYPES, TTEProcessor, parse_ecr
 from train.ecr_store import ECRRecord, ECRStore, ecr_key, prompt_hash
-from train.mmeb_data import MMEBDatasetConfig, MMEBPair, load_mmeb_pairs
+from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -466,23 +466,6 @@ class GenerateECRArguments:
             raise ValueError(f"backend must be 'local' or 'openai', got {self.backend!r}")
         if set(self.sides) - {"query", "target"} or not self.sides:
             raise ValueError(f"sides must be a non-empty subset of ['query', 'target'], got {self.sides}")
-
-
-def dataset_config(spec) -> MMEBDatasetConfig:
-    """An `MMEBDatasetConfig` from a config, a mapping (YAML) or a JSON object string (command line)."""
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"a dataset on the command line must be a JSON object, got {spec!r}") from error
-    if isinstance(spec, dict):
-        unknown = set(spec) - set(MMEBDatasetConfig.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"dataset {spec.get('name')!r}: unknown fields {sorted(unknown)}")
-        return MMEBDatasetConfig(**spec)
-    if not isinstance(spec, MMEBDatasetConfig):
-        raise ValueError(f"a dataset must be a mapping or an MMEBDatasetConfig, got {type(spec).__name__}")
-    return spec
 
 
 def build_requests(pairs: list[MMEBPair], task_type: str, sides=("query", "target"),

@@ -12,6 +12,7 @@ The MMEB-train layout (e.g. ``TIGER-Lab/MMEB-train``) has the columns ``qry``, `
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -106,4 +107,21 @@ def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | N
     return pairs
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "MMEBDatasetConfig", "MMEBPair", "load_mmeb_pairs", "mmeb_side"]
+def dataset_config(spec) -> MMEBDatasetConfig:
+    """An `MMEBDatasetConfig` from a config, a mapping (YAML) or a JSON object string (command line)."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"a dataset on the command line must be a JSON object, got {spec!r}") from error
+    if isinstance(spec, dict):
+        unknown = set(spec) - set(MMEBDatasetConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"dataset {spec.get('name')!r}: unknown fields {sorted(unknown)}")
+        return MMEBDatasetConfig(**spec)
+    if not isinstance(spec, MMEBDatasetConfig):
+        raise ValueError(f"a dataset must be a mapping or an MMEBDatasetConfig, got {type(spec).__name__}")
+    return spec
+
+
+__all__ = ["IMAGE_PLACEHOLDER", "MMEBDatasetConfig", "MMEBPair", "dataset_config", "load_mmeb_pairs", "mmeb_side"]
