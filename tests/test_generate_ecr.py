@@ -112,7 +112,8 @@ def test_bad_requests_raise_named_errors():
 
 def _cli_args(tiny: str, data: Path, root: Path, store: Path) -> list[str]:
     dataset = json.dumps({"name": "demo", "path": str(data), "task_type": "vqa"})
-    return ["--model", tiny, "--store", str(store), "--image_root", str(root), "--datasets", dataset,
+    return ["--config", str(REPO / "train" / "recipes" / "tiny_ecr.yaml"), "--model", tiny, "--store", str(store),
+            "--image_root", str(root), "--datasets", dataset,
             "--batch_size", "2", "--max_new_tokens", "24", "--show_progress", "false"]
 
 
@@ -169,3 +170,43 @@ def test_cli_exit_status_and_failure_log(tiny_qwen2_vl, tmp_path, capsys):
     assert [(f["dataset"], f["row_id"], f["side"]) for f in logged] == [("demo", "1", "query")]
     assert "1.png" in logged[0]["reason"]
     assert len(ECRStore(tmp_path / "store")) == 2
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "train" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_name_only_known_fields(recipe):
+    import dataclasses
+
+    import yaml
+    from trl import ModelConfig, SFTConfig
+
+    from train.distill_reasoner import DistillArguments
+    from train.generate_ecr import GenerateECRArguments
+    from train.mmeb_data import dataset_config
+
+    config = yaml.safe_load(recipe.read_text())
+    classes = (DistillArguments, SFTConfig, ModelConfig) if "distill" in recipe.name else (GenerateECRArguments,)
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    assert set(config) <= known, f"{recipe.name}: unknown keys {set(config) - known}"
+    for spec in config.get("datasets", []):
+        dataset_config(spec)
+
+
+def test_accelerate_two_processes_shard_rows(tiny_qwen2_vl, tmp_path, capsys):
+    data, root = write_mmeb(tmp_path, rows=5)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    port = 29500 + os.getpid() % 1000
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(port), "-m", "train.generate_ecr"]
+    done = subprocess.run(launch + _cli_args(tiny_qwen2_vl, data, root, tmp_path / "sharded"), cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "process 1/2" in done.stdout and "process 2/2" in done.stdout
+    parts = [ECRStore(tmp_path / "sharded", part=f"rank{rank}").part_path for rank in (0, 1)]
+    keys = [{(r["dataset"], r["row_id"], r["side"]) for r in map(json.loads, part.read_text().splitlines())}
+            for part in parts]
+    assert len(keys[0]) == len(keys[1]) == 5 and not keys[0] & keys[1]
+    assert main(_cli_args(tiny_qwen2_vl, data, root, tmp_path / "single")) == 0
+    capsys.readouterr()
+    assert {r.key: r for r in ECRStore(tmp_path / "sharded")} == {r.key: r for r in ECRStore(tmp_path / "single")}

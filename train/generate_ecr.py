@@ -506,14 +506,28 @@ def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], s
     return path
 
 
+def _process_state():
+    """This process's rank and the world size under `accelerate launch`/`torchrun` (gloo on machines without CUDA)."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes}: every "
+                           "process would generate every row (check the `accelerate launch` flags)")
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ECR generation from a recipe; returns the exit status (1 if any row failed)."""
-    from accelerate import PartialState
     from trl import TrlParser
 
     (args,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = PartialState()
+    state = _process_state()
     requests = []
     for dataset in args.datasets:
         pairs = load_mmeb_pairs(dataset, image_root=args.image_root)
