@@ -1,0 +1,547 @@
+"""ECR generation: a reasoner writes embedding-centric reasoning for MMEB rows into an ECR store.
+
+Two backends: a local `transformers` model (`LocalBackend`: batched, left-padded `generate`, greedy by default) and
+any OpenAI-compatible chat-completions server (`OpenAIBackend`: `vllm serve`, SGLang, TGI, `transformers serve`),
+which is how a 72B teacher is run. Records are appended as batches finish, so a killed job restarted with the same
+arguments skips what is done and finishes the rest; a finished job re-run does no model work.
+
+Teacher ECR over a dataset with a served model (one process; add `accelerate launch` to shard a local model):
+
+    vllm serve Qwen/Qwen2.5-VL-72B-Instruct --tensor-parallel-size 8 --port 8000 &
+    python -m train.generate_ecr --config train/recipes/teacher_ecr_72b.yaml --image_root /data/MMEB-train
+
+A tiny offline run (a random tiny backbone, two CPU processes each writing its own part file):
+
+    python -m train.tiny_backbone --out /tmp/tiny
+    accelerate launch --num_processes 2 --num_machines 1 --multi_gpu --mixed_precision no --dynamo_backend no \
+        -m train.generate_ecr --config train/recipes/tiny_ecr.yaml --model /tmp/tiny --store /tmp/ecr \
+        --datasets '{"name": "demo", "path": "demo.jsonl"}'
+
+The exit status is 1 when any row failed (each is listed with its id and reason, and logged under
+`<store>/failures/<part>.jsonl`), else 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from processing_tte import TASK_TYPES, TTEProcessor, parse_ecr
+from train.ecr_store import ECRRecord, ECRStore, ecr_key, prompt_hash
+from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ECRRequest:
+    r"""
+    One row to reason about.
+
+    Args:
+        dataset (`str`), row_id (`str`), side (`str`): the store key; `side` is `"query"` or `"target"`.
+        row (`dict`): a `TTEProcessor` row (`image`, `video`, `text`, `instruction`).
+        task_type (`str`): one of `processing_tte.TASK_TYPES`; picks the reasoner prompt.
+        hint (`str`, *optional*): the ground-truth target, for teacher runs on training data only.
+    """
+
+    dataset: str
+    row_id: str
+    side: str
+    row: dict
+    task_type: str
+    hint: str | None = None
+
+    def __post_init__(self):
+        self.row_id = str(self.row_id)
+        ecr_key(self.dataset, self.row_id, self.side)  # validates the side
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"{self.where}: task_type must be one of {list(TASK_TYPES)}, got {self.task_type!r}")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return ecr_key(self.dataset, self.row_id, self.side)
+
+    @property
+    def where(self) -> str:
+        return f"{self.dataset}/{self.row_id}/{self.side}"
+
+
+@dataclass
+class GenerationOutput:
+    """What a backend made of one request: the ECR text and its length in tokens, or an error."""
+
+    text: str | None = None
+    num_tokens: int = 0
+    prompt_hash: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class GenerationReport:
+    """Summary of a `run_generation` call. `failures` are `(key, reason)` pairs."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failures: list[tuple[tuple[str, str, str], str]] = field(default_factory=list)
+    ecr_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def mean_ecr_tokens(self) -> float:
+        return self.ecr_tokens / self.done if self.done else 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [f"{self.total} rows: {self.done} generated, {self.skipped} already in the store, {self.failed} failed;"
+                 f" mean ECR length {self.mean_ecr_tokens:.1f} tokens; {self.rows_per_second:.2f} rows/s"]
+        lines += [f"  FAILED {'/'.join(key)}: {reason}" for key, reason in self.failures]
+        return "\n".join(lines)
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class ReasonerBackend:
+    """Common part of the backends: turns a request into the reasoner's chat prompt with a `TTEProcessor`."""
+
+    name: str
+    processor: TTEProcessor
+
+    def check(self) -> None:
+        """Fail early (load the model, reach the server); called once before the first `generate`."""
+
+    def prepare(self, request: ECRRequest) -> tuple[list[dict], dict, str]:
+        """The chat messages, media and prompt text of `request` (raises errors that name the row)."""
+        messages, media = self.processor.reasoner_messages(request.row, request.task_type, request.side,
+                                                           request.hint, where=request.where)
+        prompt = self.processor.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return messages, media, prompt
+
+    def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
+        raise NotImplementedError
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_size: int = 16,
+                   show_progress: bool = True) -> GenerationReport:
+    r"""
+    Generate the ECR of every request not yet in `store` and append it there, batch by batch.
+
+    Args:
+        requests (iterable of `ECRRequest`): rows to reason about; repeated keys count once (the first wins).
+        store (`ECRStore`): where records are read (to skip) and appended.
+        backend (`LocalBackend` or `OpenAIBackend`): the reasoner.
+        batch_size (`int`, *optional*, defaults to 16): rows per backend call (and per store append).
+        show_progress (`bool`, *optional*, defaults to `True`): show a progress bar with rows/s.
+
+    Returns:
+        `GenerationReport`: rows done, skipped (already stored) and failed (with key and reason), mean ECR tokens.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    unique = {}
+    for request in requests:
+        if not isinstance(request, ECRRequest):
+            raise ValueError(f"run_generation expects ECRRequest objects, got {type(request).__name__}")
+        unique.setdefault(request.key, request)
+    todo = [request for key, request in unique.items() if key not in store]
+    report = GenerationReport(total=len(unique), skipped=len(unique) - len(todo))
+    if not todo:
+        return report
+    backend.check()
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="row", desc=f"ECR ({backend.name})", disable=not show_progress) as bar:
+        for batch in _chunks(todo, batch_size):
+            outputs = backend.generate(batch)
+            records = []
+            for request, output in zip(batch, outputs, strict=True):
+                if output.error is not None:
+                    report.failures.append((request.key, output.error))
+                    logger.warning(f"ECR generation failed for {request.where}: {output.error}")
+                    continue
+                records.append(ECRRecord(*request.key, ecr=output.text, answer=parse_ecr(output.text).answer,
+                                         reasoner=backend.name, prompt_hash=output.prompt_hash))
+                report.ecr_tokens += output.num_tokens
+            report.done += store.add(records)
+            bar.update(len(batch))
+            bar.set_postfix(failed=report.failed)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- local backend
+class LocalBackend(ReasonerBackend):
+    r"""
+    A local `transformers` VLM as the reasoner: batched `generate` with left padding, stopping at end-of-turn.
+
+    Args:
+        model (`str` or `PreTrainedModel`): a checkpoint (hub id or folder, e.g. a distilled student) or a model.
+        processor (`TTEProcessor`, *optional*): defaults to `TTEProcessor.from_backbone(model)`.
+        name (`str`, *optional*): the reasoner's name in the records (defaults to the checkpoint path).
+        max_new_tokens (`int`, *optional*, defaults to 512): longest ECR.
+        do_sample (`bool`, *optional*, defaults to `False`): greedy unless `True`; then `temperature`, `top_p`,
+            `top_k` and `seed` apply.
+        device (`str`, *optional*): where to run (defaults to CUDA when available); dtype (`str`, defaults `"auto"`).
+    """
+
+    def __init__(self, model, processor: TTEProcessor | None = None, name: str | None = None,
+                 max_new_tokens: int = 512, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto"):
+        if isinstance(model, str | Path):
+            self.model_path, self.model = str(model), None
+        else:
+            self.model_path, self.model = getattr(model, "name_or_path", type(model).__name__), model
+        self.name = name or self.model_path
+        self.processor = processor
+        self.sampling = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
+        if do_sample:
+            self.sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        self.seed, self.device, self.dtype = seed, device, dtype
+        self.generated_rows = 0  # rows the model actually generated for (a finished job re-run adds none)
+
+    def check(self) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, set_seed
+
+        if self.processor is None:
+            self.processor = TTEProcessor.from_backbone(self.model_path)
+        if self.model is None:
+            self.model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=self.dtype)
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.model.to(device)
+        self.model.eval()
+        tokenizer = self.processor.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.stop_ids = sorted({tokenizer.eos_token_id, *eos} - {None})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        set_seed(self.seed)
+
+    def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
+        outputs, ready = [], []
+        for request in requests:
+            try:
+                _, media, prompt = self.prepare(request)
+                outputs.append(GenerationOutput(prompt_hash=prompt_hash(prompt)))
+                ready.append((len(outputs) - 1, prompt, media))
+            except (ValueError, FileNotFoundError, OSError) as error:
+                outputs.append(GenerationOutput(error=_error_text(error)))
+        if not ready:
+            return outputs
+        try:
+            texts = self._generate([prompt for _, prompt, _ in ready], [media for _, _, media in ready])
+        except Exception as error:  # noqa: BLE001 - reported per row; a lone row cannot be split further
+            if len(ready) == 1:
+                outputs[ready[0][0]] = GenerationOutput(error=_error_text(error))
+                return outputs
+            logger.warning(f"A batch of {len(ready)} failed ({_error_text(error)}); retrying its rows one by one")
+            return [self.generate([request])[0] for request in requests]
+        for (index, _, _), (text, num_tokens) in zip(ready, texts, strict=True):
+            outputs[index].text, outputs[index].num_tokens = text, num_tokens
+        return outputs
+
+    def _generate(self, prompts: list[str], media: list[dict]) -> list[tuple[str, int]]:
+        import torch
+
+        images = [image for m in media for image in m["images"]] or None
+        videos = [video for m in media for video in m["videos"]] or None
+        inputs = self.processor(text=prompts, images=images, videos=videos, padding=True, padding_side="left",
+                                return_tensors="pt").to(self.model.device)
+        with torch.inference_mode():
+            sequences = self.model.generate(**inputs, **self.sampling, eos_token_id=self.stop_ids,
+                                            pad_token_id=self.pad_id)
+        self.generated_rows += len(prompts)
+        results = []
+        for new in sequences[:, inputs["input_ids"].shape[1]:].tolist():
+            end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id), len(new))
+            text = self.processor.tokenizer.decode(new[:end], skip_special_tokens=False).strip()
+            results.append((text, end))
+        return results
+
+
+# --------------------------------------------------------------------------------------------- OpenAI-compatible
+def _data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def openai_messages(messages: list[dict], media: dict) -> list[dict]:
+    """`TTEProcessor` chat messages with their media as OpenAI content parts (images as base64 PNG data URLs;
+    a video as its frames, one image part each, since chat completions have no standard video part)."""
+    images, videos = iter(media["images"]), iter(media["videos"])
+    converted = []
+    for message in messages:
+        parts = []
+        for part in message["content"]:
+            if part["type"] == "image":
+                parts.append({"type": "image_url", "image_url": {"url": _data_url(next(images))}})
+            elif part["type"] == "video":
+                parts += [{"type": "image_url", "image_url": {"url": _data_url(frame)}} for frame in next(videos)]
+            else:
+                parts.append({"type": "text", "text": part["text"]})
+        converted.append({"role": message["role"], "content": parts})
+    return converted
+
+
+_TRANSIENT_STATUS = {408, 409, 429}
+
+
+class OpenAIBackend(ReasonerBackend):
+    r"""
+    An OpenAI-compatible chat-completions server as the reasoner (`vllm serve`, SGLang, TGI, `transformers serve`).
+
+    Requests run concurrently (at most `max_concurrency` in flight); connection errors, timeouts, 408/409/429 and
+    5xx answers are retried with exponential backoff and jitter, up to `max_retries` times, and then reported as
+    that row's failure. A bad URL raises `ConnectionError`, a model the server does not serve `ValueError`, both
+    before any row is sent.
+
+    Args:
+        base_url (`str`): the API base, e.g. `"http://localhost:8000/v1"`.
+        model (`str`): the served model's name (`vllm serve Qwen/Qwen2.5-VL-72B-Instruct` serves that name).
+        processor (`TTEProcessor` or `str`): builds the prompts (and their hash); a hub id or folder is loaded
+            with `TTEProcessor.from_backbone`. Use the served model's own processor.
+        api_key (`str`, *optional*, defaults to `"EMPTY"`): sent as the bearer token.
+        name (`str`, *optional*): the reasoner's name in the records (defaults to `model`).
+        max_new_tokens (`int`, *optional*, defaults to 512), temperature (`float`, defaults to 0: greedy),
+        top_p (`float`, *optional*), seed (`int`, *optional*): sampling settings sent with each request.
+        max_concurrency (`int`, defaults to 8), max_retries (`int`, defaults to 5), backoff (`float`, seconds,
+        defaults to 1.0), timeout (`float`, seconds per request, defaults to 600).
+    """
+
+    def __init__(self, base_url: str, model: str, processor: TTEProcessor | str, api_key: str = "EMPTY",
+                 name: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0,
+                 top_p: float | None = None, seed: int | None = None, max_concurrency: int = 8,
+                 max_retries: int = 5, backoff: float = 1.0, timeout: float = 600.0):
+        import openai
+
+        if max_concurrency < 1 or max_retries < 0:
+            raise ValueError(f"max_concurrency must be >= 1 and max_retries >= 0, got {max_concurrency}, {max_retries}")
+        self.base_url, self.model_name, self.name = base_url, model, name or model
+        self.processor = TTEProcessor.from_backbone(processor) if isinstance(processor, str) else processor
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        self.sampling = {"max_tokens": max_new_tokens, "temperature": temperature}
+        self.sampling.update({k: v for k, v in {"top_p": top_p, "seed": seed}.items() if v is not None})
+        self.max_concurrency, self.max_retries, self.backoff = max_concurrency, max_retries, backoff
+        self.requests_sent = 0
+
+    def _with_retries(self, call, what: str):
+        """Run `call()`, retrying transient failures with exponential backoff; re-raises the last error."""
+        import openai
+
+        for attempt in range(self.max_retries + 1):
+            try:
+                return call()
+            except openai.APIStatusError as error:
+                if error.status_code not in _TRANSIENT_STATUS and error.status_code < 500:
+                    raise
+                last = error
+            except openai.APIConnectionError as error:  # includes timeouts
+                last = error
+            if attempt < self.max_retries:
+                delay = self.backoff * 2**attempt * (1 + random.random() / 2)
+                logger.warning(f"{what}: {_error_text(last)}; retry {attempt + 1}/{self.max_retries} in {delay:.1f}s")
+                time.sleep(delay)
+        raise last
+
+    def check(self) -> None:
+        import openai
+
+        try:
+            served = [model.id for model in self._with_retries(self.client.models.list, "listing models")]
+        except openai.APIConnectionError as error:
+            raise ConnectionError(f"Cannot reach an OpenAI-compatible server at {self.base_url!r} ({error}). Is it "
+                                  "running (e.g. `vllm serve ...`), and is the URL its API base (usually .../v1)?") \
+                from error
+        except openai.APIStatusError as error:
+            raise ConnectionError(f"{self.base_url!r} answered {error.status_code} to GET /models: not the base URL "
+                                  "of an OpenAI-compatible API (usually http://host:port/v1)") from error
+        if self.model_name in served:
+            return
+        try:  # some servers load models on demand and list only loaded ones: ask once with a 1-token request
+            self._with_retries(lambda: self.client.chat.completions.create(
+                model=self.model_name, messages=[{"role": "user", "content": "Hi"}], max_tokens=1), "probing")
+        except openai.APIStatusError as error:
+            raise ValueError(f"The server at {self.base_url!r} does not serve model {self.model_name!r} (it lists "
+                             f"{served}); it answered {error.status_code}: {error.message}") from error
+
+    def _one(self, request: ECRRequest) -> GenerationOutput:
+        try:
+            messages, media, prompt = self.prepare(request)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            return GenerationOutput(error=_error_text(error))
+        body = openai_messages(messages, media)
+        try:
+            response = self._with_retries(lambda: self.client.chat.completions.create(
+                model=self.model_name, messages=body, **self.sampling), request.where)
+        except Exception as error:  # noqa: BLE001 - any server failure becomes this row's reported failure
+            return GenerationOutput(error=f"server error after {self.max_retries} retries: {_error_text(error)}")
+        text = (response.choices[0].message.content or "").strip()
+        tokens = response.usage.completion_tokens if response.usage else len(
+            self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return GenerationOutput(text=text, num_tokens=tokens, prompt_hash=prompt_hash(prompt))
+
+    def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
+        self.requests_sent += len(requests)
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+@dataclass
+class GenerateECRArguments:
+    r"""
+    Arguments of `python -m train.generate_ecr` (YAML via `--config`, any field overridable on the command line).
+
+    Args:
+        store (`str`): the ECR store folder; each process appends to its own part file `rank<i>.jsonl`.
+        datasets (`list`): MMEB-format datasets, each a mapping with the fields of `MMEBDatasetConfig` (`name`,
+            `path`, `subset`, `task_type`, ...); on the command line, JSON objects.
+        image_root (`str`, *optional*): folder the image paths are relative to.
+        sides (`list[str]`, defaults to query and target): which sides to reason about.
+        teacher_hint (`bool`, defaults to `False`): pass the positive target's text as a hint on the query side
+            (teacher ECR for training data only; never for evaluation data).
+        backend (`str`, defaults to `"local"`): `"local"` (transformers) or `"openai"` (a served model).
+        model (`str`): checkpoint (local) or served model name (openai). processor (`str`, *optional*): where the
+            processor comes from (defaults to `model`). reasoner_name (`str`, *optional*): name in the records.
+        base_url, api_key_env, max_concurrency, max_retries, backoff, request_timeout: the OpenAI backend's server.
+        batch_size, max_new_tokens, do_sample, temperature, top_p, top_k, seed, dtype: generation settings.
+    """
+
+    store: str = field(metadata={"help": "ECR store folder"})
+    model: str = field(metadata={"help": "checkpoint (local backend) or served model name (openai backend)"})
+    datasets: list[str] = field(default_factory=list, metadata={
+        "help": "MMEB-format datasets: mappings in YAML, JSON objects on the command line (MMEBDatasetConfig)"})
+    image_root: str | None = field(default=None, metadata={"help": "image paths are relative to this folder"})
+    sides: list[str] = field(default_factory=lambda: ["query", "target"], metadata={"help": "query and/or target"})
+    teacher_hint: bool = field(default=False, metadata={"help": "give the ground-truth target as a hint (teacher)"})
+    backend: str = field(default="local", metadata={"help": "local | openai"})
+    processor: str | None = field(default=None, metadata={"help": "processor checkpoint (defaults to model)"})
+    reasoner_name: str | None = field(default=None, metadata={"help": "reasoner name stored in the records"})
+    base_url: str = field(default="http://localhost:8000/v1", metadata={"help": "OpenAI-compatible API base"})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env variable holding the API key"})
+    max_concurrency: int = field(default=8, metadata={"help": "requests in flight (openai backend)"})
+    max_retries: int = field(default=5, metadata={"help": "retries of transient server errors"})
+    backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds (doubles each retry)"})
+    request_timeout: float = field(default=600.0, metadata={"help": "seconds per request (openai backend)"})
+    batch_size: int = field(default=16, metadata={"help": "rows per generate call / store append"})
+    max_new_tokens: int = field(default=512, metadata={"help": "longest ECR in tokens"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (with do_sample)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (with do_sample)"})
+    top_k: int | None = field(default=None, metadata={"help": "top-k sampling (local backend, with do_sample)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    dtype: str = field(default="auto", metadata={"help": "model dtype (local backend)"})
+    show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self):
+        self.datasets = [dataset_config(spec) for spec in self.datasets]
+        if not self.datasets:
+            raise ValueError("generate_ecr needs at least one entry in `datasets`")
+        if self.backend not in ("local", "openai"):
+            raise ValueError(f"backend must be 'local' or 'openai', got {self.backend!r}")
+        if set(self.sides) - {"query", "target"} or not self.sides:
+            raise ValueError(f"sides must be a non-empty subset of ['query', 'target'], got {self.sides}")
+
+
+def build_requests(pairs: list[MMEBPair], task_type: str, sides=("query", "target"),
+                   teacher_hint: bool = False) -> list[ECRRequest]:
+    """One `ECRRequest` per pair and side; with `teacher_hint` the query side gets the target text as its hint."""
+    requests = []
+    for pair in pairs:
+        for side in sides:
+            hint = (pair.target.get("text") or None) if teacher_hint and side == "query" else None
+            requests.append(ECRRequest(pair.dataset, pair.row_id, side, getattr(pair, side), task_type, hint))
+    return requests
+
+
+def make_backend(args: GenerateECRArguments, device: str | None = None) -> ReasonerBackend:
+    """The backend the arguments describe (the model is loaded lazily, on the first row that needs it)."""
+    import os
+
+    processor = args.processor or args.model
+    if args.backend == "openai":
+        return OpenAIBackend(args.base_url, args.model, processor, api_key=os.environ.get(args.api_key_env, "EMPTY"),
+                             name=args.reasoner_name, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature if args.do_sample else 0.0,
+                             top_p=args.top_p if args.do_sample else None,
+                             seed=args.seed if args.do_sample else None, max_concurrency=args.max_concurrency,
+                             max_retries=args.max_retries, backoff=args.backoff, timeout=args.request_timeout)
+    local_processor = TTEProcessor.from_backbone(args.processor) if args.processor else None
+    return LocalBackend(args.model, local_processor, name=args.reasoner_name, max_new_tokens=args.max_new_tokens,
+                        do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        seed=args.seed, device=device, dtype=args.dtype)
+
+
+def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], str]]) -> Path:
+    """Write this part's failures of the last run to `<store>/failures/<part>.jsonl` (replacing older ones)."""
+    path = store.path / "failures" / store.part_path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"dataset": k[0], "row_id": k[1], "side": k[2], "reason": r}) + "\n" for k, r in failures]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def _process_state():
+    """This process's rank and the world size under `accelerate launch`/`torchrun` (gloo on machines without CUDA)."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes}: every "
+                           "process would generate every row (check the `accelerate launch` flags)")
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ECR generation from a recipe; returns the exit status (1 if any row failed)."""
+    from trl import TrlParser
+
+    (args,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state = _process_state()
+    requests = []
+    for dataset in args.datasets:
+        pairs = load_mmeb_pairs(dataset, image_root=args.image_root)
+        requests += build_requests(pairs, dataset.task_type, args.sides, args.teacher_hint)
+    shard = requests[state.process_index::state.num_processes]
+    store = ECRStore(args.store, part=f"rank{state.process_index}")
+    backend = make_backend(args, device=str(state.device) if args.backend == "local" else None)
+    report = run_generation(shard, store, backend, batch_size=args.batch_size,
+                            show_progress=args.show_progress and state.is_local_main_process)
+    write_failures(store, report.failures)
+    print(f"ECR generation, process {state.process_index + 1}/{state.num_processes} "
+          f"({backend.name} -> {args.store}): {report.summary()}", flush=True)
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
