@@ -32,11 +32,12 @@ def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batc
 
 
 def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", backend=None,
-               batch_size: int = 16) -> TaskData:
+               batch_size: int = 16, rank: int = 0, world: int = 1, barrier=lambda: None) -> TaskData:
     """Put each query's and candidate's ECR into its row (`row["ecr"]`), in place.
 
     `ecr_mode="none"` is the no-ECR baseline: rows get no ECR and no store is needed. Otherwise records come from
-    `store`; missing ones are generated with `backend` when given, else `MissingECRError` names the task and rows.
+    `store`; missing ones are generated with `backend` when given (each of `world` processes generates its share
+    into its own part of the store), else `MissingECRError` names the task and rows.
     """
     if ecr_mode not in ECR_MODES:
         raise ValueError(f"ecr_mode must be one of {list(ECR_MODES)}, got {ecr_mode!r}")
@@ -47,9 +48,12 @@ def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", b
         raise MissingECRError(f"task {name}: ecr_mode={ecr_mode!r} needs an ECR store; pass one (--ecr-store) or use "
                               f"ecr_mode='none' for the no-ECR baseline")
     keys = ecr_keys(data)
+    barrier()  # every process sees the same store before splitting the missing records
+    store.reload()
     missing = store.missing(keys)
     if missing and backend is not None:
-        generate_missing_ecr(data, missing, store, backend, batch_size)
+        generate_missing_ecr(data, missing[rank::world], store, backend, batch_size)
+        barrier()
         store.reload()
         missing = store.missing(keys)
     if missing:

@@ -93,7 +93,7 @@ def run_tasks(tasks: list[TaskSpec], encoder: Encoder, out_dir, fingerprint: str
             done[spec.name] = json.loads(score_path(out_dir, spec).read_text(encoding="utf-8"))
             continue
         data = load_task(spec, data_root, media_root, num_frames)
-        attach_ecr(data, ecr_store, ecr_mode, backend=reasoner)
+        attach_ecr(data, ecr_store, ecr_mode, backend=reasoner, rank=rank, world=world, barrier=barrier)
         scores = evaluate_task(spec, data, encoder, out_dir, cache_root, rank, world, barrier)
         barrier()
         if scores is not None:

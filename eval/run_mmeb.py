@@ -34,10 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", help="embedding cache (default <out>/embedding_cache); share it across runs")
     parser.add_argument("--ecr-store", help="ECR store folder (dataset = task name, row id, side)")
     parser.add_argument("--ecr-mode", choices=ECR_MODES, default="full", help="'none' is the no-ECR baseline")
+    parser.add_argument("--reasoner", help="generate missing ECR with this reasoner: a local checkpoint, or with "
+                        "--reasoner-url the served model's name")
+    parser.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving --reasoner (vllm serve, ...)")
+    parser.add_argument("--reasoner-max-new-tokens", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-frames", type=int, default=8, help="frames sampled uniformly per video")
     parser.add_argument("--model-name", help="name in the leaderboard JSON (default: the model folder name)")
     return parser
+
+
+def reasoner_backend(args, state):
+    """The ECR generation backend `--reasoner` / `--reasoner-url` describe, or `None`."""
+    if not args.reasoner:
+        return None
+    from train.generate_ecr import LocalBackend, OpenAIBackend
+
+    if args.reasoner_url:
+        return OpenAIBackend(args.reasoner_url, args.reasoner, args.reasoner,
+                             max_new_tokens=args.reasoner_max_new_tokens)
+    return LocalBackend(args.reasoner, max_new_tokens=args.reasoner_max_new_tokens, device=str(state.device))
 
 
 def main(argv=None) -> dict:
@@ -58,10 +74,12 @@ def main(argv=None) -> dict:
         parser.error(error.args[0])
     state = PartialState()
     store = ECRStore(args.ecr_store, part=f"eval-rank{state.process_index}") if args.ecr_store else None
+    if args.reasoner and store is None:
+        parser.error("--reasoner writes the ECR it generates into --ecr-store; give one")
     scores = evaluate_model(args.model, tasks, args.out, ecr_mode=args.ecr_mode, batch_size=args.batch_size,
                             model_name=args.model_name, state=state, data_root=args.data_root,
                             media_root=args.media_root, cache_dir=args.cache_dir, ecr_store=store,
-                            num_frames=args.num_frames)
+                            num_frames=args.num_frames, reasoner=reasoner_backend(args, state))
     if state.is_main_process:
         for spec in tasks:
             if spec.name in scores:

@@ -152,3 +152,22 @@ def test_cli_v1_and_bad_task(tte_model, root, tmp_path):
     bad = command[:8] + ["ImageNet-2K"] + command[9:]
     result = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "'ImageNet-2K' is not in the mmeb_v1 registry" in result.stderr
+
+
+def test_missing_ecr_is_generated_by_a_reasoner_then_reused(tiny_qwen2_vl, tte_model, root, tmp_path):
+    from eval.run_mmeb import main
+
+    store_dir, out = tmp_path / "ecr", tmp_path / "out"
+    argv = ["--model", str(tte_model), "--tasks", "NExTQA", "--data-root", str(root), "--ecr-store", str(store_dir),
+            "--reasoner", tiny_qwen2_vl, "--reasoner-max-new-tokens", "6", "--out", str(out)]
+    scores = main(argv)
+    assert list(scores["NExTQA"]) == score_keys()
+    store = ECRStore(store_dir)
+    data = load_task(get_task("NExTQA"), root)
+    assert store.missing(ecr_keys(data)) == [] and len(store) == len(ecr_keys(data))
+    assert {record.reasoner for record in store} == {tiny_qwen2_vl}
+    lines = (store_dir / "eval-rank0.jsonl").read_text().splitlines()
+    # score again with a reasoner that cannot load: the store is complete, so nothing is generated
+    (out / "mmeb_v2" / "video" / "NExTQA_score.json").unlink()
+    main([a if a != tiny_qwen2_vl else str(tmp_path / "no-such-reasoner") for a in argv])
+    assert (store_dir / "eval-rank0.jsonl").read_text().splitlines() == lines
