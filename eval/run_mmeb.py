@@ -25,7 +25,8 @@ from eval.tasks import select_tasks
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="saved TTE model folder or hub id")
-    parser.add_argument("--benchmark", choices=["v2", "v1"], default="v2")
+    parser.add_argument("--benchmark", choices=["v2", "v1", "synthetic"], default="v2",
+                        help="MMEB-V2, MMEB-V1, or the offline synthetic benchmark (eval/synthetic)")
     parser.add_argument("--tasks", help="comma-separated task names")
     parser.add_argument("--category", help="a category (I-CLS, V-MRET, VD-ViDoRe-V2, ...), a modality, or 'all'")
     parser.add_argument("--out", required=True, help="output folder for this model and setting")
@@ -64,7 +65,7 @@ def main(argv=None) -> dict:
 
     from train.ecr_store import ECRStore
 
-    benchmark = f"mmeb_{args.benchmark}"
+    benchmark = args.benchmark if args.benchmark == "synthetic" else f"mmeb_{args.benchmark}"
     names = [n.strip() for n in args.tasks.split(",") if n.strip()] if args.tasks else None
     if not names and not args.category:
         parser.error("give --tasks or --category")

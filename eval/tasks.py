@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 REGISTRY_PATH = Path(__file__).with_name("mmeb_tasks.json")
-BENCHMARKS = ("mmeb_v1", "mmeb_v2")
+BENCHMARKS = ("mmeb_v1", "mmeb_v2", "synthetic")  # synthetic: the offline demo (eval/synthetic)
 FORMATS = ("mmeb_v1", "image", "video", "visdoc")
 MODALITIES = ("image", "video", "visdoc")
 
@@ -19,7 +19,7 @@ class TaskSpec:
 
     Args:
         name (`str`): the task name used in file names and the leaderboard (e.g. `"ImageNet-1K"`).
-        benchmark (`str`): `"mmeb_v1"` or `"mmeb_v2"`.
+        benchmark (`str`): `"mmeb_v1"`, `"mmeb_v2"` or `"synthetic"` (the offline demo benchmark).
         category (`str`): e.g. `"CLS"` (V1) or `"I-CLS"`, `"V-MRET"`, `"VD-ViDoRe-V2"` (V2).
         modality (`str`): `"image"`, `"video"` or `"visdoc"`.
         format (`str`): which loader reads it: `"mmeb_v1"`, `"image"`, `"video"` or `"visdoc"`.
