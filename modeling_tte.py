@@ -602,7 +602,7 @@ class TTEForEmbedding(TTEPreTrainedModel):
         """Check the generation settings suit single-pass capture; return the eos token ids and the pad token id."""
         config = generate_kwargs.get("generation_config") or self.vlm.generation_config
         for key in ("num_beams", "num_return_sequences"):
-            if (generate_kwargs.get(key) or getattr(config, key, 1) or 1) > 1:
+            if (generate_kwargs.get(key, getattr(config, key, None)) or 1) > 1:
                 raise ValueError(f"generate_and_embed supports one greedy or sampled sequence per row, got {key}>1")
         if generate_kwargs.get("assistant_model") is not None or generate_kwargs.get("prompt_lookup_num_tokens"):
             raise ValueError("generate_and_embed does not support assisted decoding")

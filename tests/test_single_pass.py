@@ -175,5 +175,10 @@ def test_embedder_mode_cannot_generate_and_embed(tiny_qwen2_vl):
 
 def test_beam_search_is_rejected(setup):
     path, batch, _, _ = setup("qwen2_vl")
+    model = build(path, "last_token")
     with pytest.raises(ValueError, match="num_beams>1"):
-        build(path, "last_token").generate_and_embed(**batch, max_new_tokens=2, num_beams=2)
+        model.generate_and_embed(**batch, max_new_tokens=2, num_beams=2)
+    model.vlm.generation_config.num_beams = 3  # a checkpoint's default, overridden per call
+    with pytest.raises(ValueError, match="num_beams>1"):
+        model.generate_and_embed(**batch, max_new_tokens=2)
+    assert model.generate_and_embed(**batch, max_new_tokens=2, num_beams=1).embeddings.shape == (4, 64)
