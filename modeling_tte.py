@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.utils import ModelOutput, logging
 
@@ -43,6 +44,30 @@ class TTEEmbeddingOutput(ModelOutput):
 
 
 @dataclass
+class TTEGenerationOutput(ModelOutput):
+    """
+    Output of [`TTEForEmbedding.generate_and_embed`]: the reasoning trace (ECR) written by the backbone and the
+    embedding of prompt + ECR, from one generation pass.
+
+    Args:
+        embeddings (`torch.FloatTensor` of shape `(batch_size, dim)`):
+            The pooled embeddings of prompt + ECR (the final end-of-turn token), as `forward` computes them.
+        sequences (`torch.LongTensor` of shape `(batch_size, prompt_length + generated_length)`):
+            Prompt and generated ids, as `generate` returns them.
+        ecr_ids (`torch.LongTensor` of shape `(batch_size, ecr_length)`):
+            Each row's ECR: its generated ids up to and including the first end-of-turn (eos) token, which is
+            appended where generation stopped at `max_new_tokens`; padded after it.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length + ecr_length)`):
+            The prompt's mask followed by the ECR's (1 up to the row's eos): the mask the embedding was pooled with.
+    """
+
+    embeddings: torch.FloatTensor | None = None
+    sequences: torch.LongTensor | None = None
+    ecr_ids: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+
+
+@dataclass
 class BackboneStates:
     """What a head may read from one backbone pass."""
 
@@ -67,12 +92,14 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 class LayerCapture:
     """Forward hooks on a decoder's layers that record what enters layer `first` (hidden state and keyword
     arguments such as rotary position embeddings and the attention mask) and anything the decoder adds to the
-    residual stream between later layers (e.g. Qwen3-VL's deepstack visual features)."""
+    residual stream between later layers (e.g. Qwen3-VL's deepstack visual features). Records every call of the
+    decoder (e.g. prefill and decode steps of `generate`); `merge_calls` joins them along the sequence."""
 
     def __init__(self, decoder: nn.Module, first: int):
         self.decoder, self.first = decoder, first
         self.inputs: torch.Tensor | None = None
         self.layer_kwargs: dict = {}
+        self._calls: list[tuple[torch.Tensor, dict]] = []
         self._outputs: list[torch.Tensor] = []
         self._boundaries: list[torch.Tensor] = []
 
@@ -80,6 +107,7 @@ class LayerCapture:
         self.inputs = args[0] if args else kwargs["hidden_states"]
         self.layer_kwargs = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "cache", "use_cache",
                                                                           "past_key_values", "past_key_value")}
+        self._calls.append((self.inputs, self.layer_kwargs))
 
     def _on_boundary(self, module, args, kwargs):
         self._boundaries.append(args[0] if args else kwargs["hidden_states"])
@@ -103,9 +131,119 @@ class LayerCapture:
                 handle.remove()
 
     def injections(self) -> list[torch.Tensor | None]:
-        """Per copied layer: what the decoder added after it, or `None` when nothing was."""
-        pairs = zip(self._outputs, self._boundaries, strict=True)
-        return [None if after is out else after - out for out, after in pairs]
+        """Per copied layer: what the decoder added after it (joined over calls along the sequence), or `None`
+        when nothing was."""
+        depth = len(self.decoder.layers) - self.first
+        result = []
+        for index in range(depth):
+            pairs = list(zip(self._outputs[index::depth], self._boundaries[index::depth], strict=True))
+            if all(after is out for out, after in pairs):
+                result.append(None)
+            else:
+                result.append(torch.cat([after - out for out, after in pairs], dim=1))
+        return result
+
+    def merge_calls(self, attention_mask: torch.Tensor) -> None:
+        """Join the recorded calls into one record of the whole sequence, as one forward over it with the 2D
+        `attention_mask` would have recorded: inputs and rotary position embeddings concatenated, the layer's mask
+        for the whole sequence, and no text `position_ids` (a single forward passes none)."""
+        self.inputs = torch.cat([inputs for inputs, _ in self._calls], dim=1)
+        mask = sequence_mask(self.decoder.config, self.inputs, attention_mask, self.first)
+        self.layer_kwargs = dict(self._calls[0][1], attention_mask=mask)
+        if "position_ids" in self.layer_kwargs:
+            self.layer_kwargs["position_ids"] = None
+        rotary = [kwargs.get("position_embeddings") for _, kwargs in self._calls]
+        if rotary[0] is not None:
+            joined = (torch.cat(parts, dim=-2) for parts in zip(*rotary, strict=True))
+            self.layer_kwargs["position_embeddings"] = tuple(joined)
+
+
+class GenerationCapture:
+    """Forward hooks that record, at every call of a decoder during `generate` (prefill, each decode step, a final
+    step), only what a head reads: the hidden states at `hidden_indices` (indexed like `output_hidden_states`: 0 is
+    the embeddings, `depth` the final normalised output) and, for the self-initialised head, a `LayerCapture` of its
+    first copied layer `first`. `backbone_states` joins the calls along the sequence."""
+
+    def __init__(self, decoder: nn.Module, hidden_indices: list[int], first: int | None = None):
+        self.decoder = decoder
+        self.hidden: dict[int, list[torch.Tensor]] = {index: [] for index in hidden_indices}
+        self.layer_capture = LayerCapture(decoder, first) if first is not None else None
+        self.position_ids: torch.Tensor | None = None
+
+    def _record(self, index: int, entering: bool = False):
+        def hook(module, args, kwargs_or_output):
+            if entering:  # a pre-hook: what enters the module
+                value = args[0] if args else kwargs_or_output["hidden_states"]
+            else:
+                value = kwargs_or_output[0] if isinstance(kwargs_or_output, tuple) else kwargs_or_output
+            self.hidden[index].append(value)
+        return hook
+
+    def _on_decoder(self, module, args, kwargs):
+        self.position_ids = kwargs.get("position_ids")
+
+    @contextlib.contextmanager
+    def __call__(self):
+        layers, depth = self.decoder.layers, len(self.decoder.layers)
+        handles = [self.decoder.register_forward_pre_hook(self._on_decoder, with_kwargs=True)]
+        for index in self.hidden:
+            if index == 0:
+                handles.append(layers[0].register_forward_pre_hook(self._record(0, entering=True), with_kwargs=True))
+            else:
+                module = self.decoder.norm if index == depth else layers[index - 1]
+                handles.append(module.register_forward_hook(self._record(index)))
+        try:
+            with self.layer_capture() if self.layer_capture else contextlib.nullcontext():
+                yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def backbone_states(self, attention_mask: torch.Tensor) -> BackboneStates:
+        """What a head reads, for the whole sequence the decoder was called on, with its 2D `attention_mask`."""
+        depth = len(self.decoder.layers)
+        hidden_states = tuple(torch.cat(self.hidden[index], dim=1) if index in self.hidden else None
+                              for index in range(depth + 1))
+        if self.layer_capture is not None:
+            self.layer_capture.merge_calls(attention_mask)
+        return BackboneStates(hidden_states, attention_mask, self.layer_capture)
+
+
+def sequence_mask(config: PreTrainedConfig, inputs: torch.Tensor, attention_mask: torch.Tensor, layer: int):
+    """The attention mask decoder layer `layer` receives in one forward over `inputs` with a 2D `attention_mask`."""
+    layer_types = getattr(config, "layer_types", None) or []
+    sliding = layer < len(layer_types) and layer_types[layer] == "sliding_attention"
+    make_mask = create_sliding_window_causal_mask if sliding else create_causal_mask
+    return make_mask(config=config, inputs_embeds=inputs, attention_mask=attention_mask, cache=None)
+
+
+def ecr_from_generation(generated: torch.Tensor, eos_token_ids: list[int], pad_token_id: int):
+    """
+    Each row's ECR from its generated ids: up to and including the first of `eos_token_ids`, with `eos_token_ids[0]`
+    appended (one more column) to rows that have none. Returns `(ecr_ids, ecr_mask)`, padded with `pad_token_id`.
+    """
+    eos = torch.tensor(eos_token_ids, device=generated.device)
+    has_eos = torch.isin(generated, eos).any(dim=1)
+    if not has_eos.all():
+        extra = torch.where(has_eos, pad_token_id, eos_token_ids[0]).to(generated.dtype)
+        generated = torch.cat([generated, extra[:, None]], dim=1)
+    first_eos = torch.isin(generated, eos).int().argmax(dim=1)
+    ecr_mask = torch.arange(generated.shape[1], device=generated.device)[None] <= first_eos[:, None]
+    return generated.masked_fill(~ecr_mask, pad_token_id), ecr_mask.long()
+
+
+def two_pass_inputs(prompt_inputs: dict, output: TTEGenerationOutput) -> dict:
+    """
+    The inputs of the two-pass reference for a [`TTEForEmbedding.generate_and_embed`] result: `prompt_inputs` (the
+    left-padded generation batch, with its media) with each row's ECR appended, for `model(**inputs)`.
+    """
+    prompt_ids = prompt_inputs["input_ids"]
+    inputs = dict(prompt_inputs, input_ids=torch.cat([prompt_ids, output.ecr_ids], dim=1),
+                  attention_mask=output.attention_mask)
+    for key, value in prompt_inputs.items():  # per-token tensors such as mm_token_type_ids: the ECR is text
+        if key not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.shape == prompt_ids.shape:
+            inputs[key] = torch.cat([value, value.new_zeros(output.ecr_ids.shape)], dim=1)
+    return inputs
 
 
 class LastTokenHead(nn.Module):
@@ -389,17 +527,107 @@ class TTEForEmbedding(TTEPreTrainedModel):
             [`TTEEmbeddingOutput`] with `embeddings` of shape `(batch_size, dim)`.
         """
         states = self.backbone_states(input_ids, attention_mask, bool(output_hidden_states), **backbone_inputs)
+        return TTEEmbeddingOutput(
+            embeddings=self.embed_states(states),
+            hidden_states=states.hidden_states if output_hidden_states else None,
+        )
+
+    def embed_states(self, states: BackboneStates) -> torch.Tensor:
+        """The head, the optional projection and normalisation applied to a backbone pass's states."""
         embeddings = self.head(states)
         if self.projection is not None:
             embeddings = self.projection(embeddings)
         if self.config.normalize:
             embeddings = F.normalize(embeddings.float(), dim=-1).to(embeddings.dtype)
-        return TTEEmbeddingOutput(
-            embeddings=embeddings,
-            hidden_states=states.hidden_states if output_hidden_states else None,
-        )
+        return embeddings
+
+    # ---------------------------------------------------------------- single-pass think-then-embed (TTE_u)
+    def generate_and_embed(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        **generate_kwargs,
+    ) -> TTEGenerationOutput:
+        r"""
+        Single-pass TTE_u: the backbone writes each row's ECR and the head embeds prompt + ECR from the hidden states
+        computed during generation (captured with hooks, for just what the head reads), with no second forward over
+        prompt + ECR. Equal to `model(**two_pass_inputs(inputs, output))`. Greedy unless `do_sample=True`.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`):
+                Left-padded generation prompts, e.g. from `TTEProcessor.process_reasoner_inputs`.
+            attention_mask (`torch.Tensor` of shape `(batch_size, prompt_length)`, *optional*):
+                The prompts' padding mask.
+            max_new_tokens (`int`, *optional*):
+                ECR length cap, defaults to `config.max_ecr_tokens`; an ECR cut there gets an eos appended.
+            generate_kwargs:
+                Media inputs (`pixel_values`, `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`,
+                `mm_token_type_ids`, ...) and generation settings (`do_sample`, `eos_token_id`, ...) for `generate`.
+                Beam search and assisted decoding are not supported.
+
+        Returns:
+            [`TTEGenerationOutput`] with `embeddings`, `sequences`, `ecr_ids` and the embedding's `attention_mask`.
+        """
+        if self.config.mode != "unified":
+            raise ValueError(
+                "generate_and_embed needs a unified model (config.mode='unified'): in embedder mode the reasoner is a "
+                "separate model, so generate the ECR with it and embed with `forward`"
+            )
+        eos_token_ids, pad_token_id = self._single_pass_tokens(generate_kwargs)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        generate_kwargs.setdefault("do_sample", False)
+        first = self.head.first_layer if isinstance(self.head, SelfInitHead) else None
+        capture = GenerationCapture(self.vlm.get_decoder(), self._head_hidden_indices(), first)
+        with capture():
+            generated = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                          max_new_tokens=max_new_tokens or self.config.max_ecr_tokens,
+                                          return_dict_in_generate=True, use_cache=True, **generate_kwargs)
+            new_tokens = generated.sequences[:, input_ids.shape[1]:]
+            ecr_ids, ecr_mask = ecr_from_generation(new_tokens, eos_token_ids, pad_token_id)
+            # generate never feeds its last token (nor the eos appended to capped rows): one more cached decode step
+            decode_mask = torch.cat([attention_mask, torch.ones_like(ecr_ids)], dim=1)
+            self._final_decode_step(ecr_ids[:, new_tokens.shape[1] - 1:], decode_mask, capture.position_ids,
+                                    generated.cache)
+        mask = torch.cat([attention_mask, ecr_mask.to(attention_mask.dtype)], dim=1)
+        return TTEGenerationOutput(embeddings=self.embed_states(capture.backbone_states(mask)),
+                                   sequences=generated.sequences, ecr_ids=ecr_ids, attention_mask=mask)
+
+    def _head_hidden_indices(self) -> list[int]:
+        """The hidden-state indices (0 = embeddings, depth = final output) the head reads; none for self_init."""
+        if self.config.head_type == "self_init":
+            return []
+        depth = self.config.num_backbone_layers
+        qformer = self.config.head_type == "qformer"
+        indices = self.config.resolved_qformer_layers if qformer else [self.config.head_layer]
+        return sorted({index % (depth + 1) for index in indices})
+
+    def _single_pass_tokens(self, generate_kwargs: dict) -> tuple[list[int], int]:
+        """Check the generation settings suit single-pass capture; return the eos token ids and the pad token id."""
+        config = generate_kwargs.get("generation_config") or self.vlm.generation_config
+        for key in ("num_beams", "num_return_sequences"):
+            if (generate_kwargs.get(key, getattr(config, key, None)) or 1) > 1:
+                raise ValueError(f"generate_and_embed supports one greedy or sampled sequence per row, got {key}>1")
+        if generate_kwargs.get("assistant_model") is not None or generate_kwargs.get("prompt_lookup_num_tokens"):
+            raise ValueError("generate_and_embed does not support assisted decoding")
+        eos = generate_kwargs.get("eos_token_id", config.eos_token_id)
+        if eos is None:
+            raise ValueError("generate_and_embed needs the end-of-turn token: pass `eos_token_id`")
+        eos = [eos] if isinstance(eos, int) else [int(token) for token in eos]
+        pad = generate_kwargs.get("pad_token_id", config.pad_token_id)
+        return eos, eos[0] if pad is None else pad
+
+    @torch.no_grad()
+    def _final_decode_step(self, tokens, attention_mask, position_ids, cache) -> None:
+        """Feed `tokens` through the backbone with the generation's `cache`, positioned as `generate`'s next decode
+        step would position them (after `position_ids`, the last step's), so the hooks capture their states too."""
+        if position_ids is not None:
+            position_ids = position_ids[..., -1:] + torch.arange(1, tokens.shape[1] + 1, device=position_ids.device)
+        self.vlm.base_model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                            use_cache=True)
 
 
 TTEForEmbedding.register_for_auto_class("AutoModel")
 
-__all__ = ["TTEEmbeddingOutput", "TTEForEmbedding", "TTEPreTrainedModel"]
+__all__ = ["TTEEmbeddingOutput", "TTEForEmbedding", "TTEGenerationOutput", "TTEPreTrainedModel", "two_pass_inputs"]
