@@ -122,8 +122,9 @@ class InfoNCELoss(nn.Module):
         distributed = self.gather_across_devices and world > 1
         if distributed:
             all_targets, sizes = gather_with_grad(target)
-            # every rank must join the gather, with or without negatives of its own
-            local_negatives = negatives.float() if negatives is not None else target.new_zeros(0, target.shape[1])
+            # every rank must join the gather (and its backward), with or without negatives of its own: an empty
+            # slice of `target` keeps the gather in the graph exactly when the targets are
+            local_negatives = negatives.float() if negatives is not None else target[:0]
             all_negatives, _ = gather_with_grad(local_negatives)
             offset = sum(sizes[:rank])
         else:

@@ -33,8 +33,9 @@ SIDE_ORDER = ("query", "target", "negative")
 class TTEContrastiveConfig(TrainingArguments):
     r"""
     [`~transformers.TrainingArguments`] for [`TTEContrastiveTrainer`]. Defaults differ from `TrainingArguments` in
-    `remove_unused_columns=False` (the collator needs the raw rows) and `dataloader_drop_last=True` (equal shards on
-    every rank, which cross-device negatives need).
+    `remove_unused_columns=False` (the collator needs the raw rows), `dataloader_drop_last=True` (equal shards on
+    every rank, which cross-device negatives need) and `ddp_broadcast_buffers=False` (the model has no trained
+    buffers, and ranks may run different numbers of forward passes, e.g. when only some have hard negatives).
 
     Args:
         loss_temperature (`float`, *optional*):
@@ -59,6 +60,7 @@ class TTEContrastiveConfig(TrainingArguments):
     sub_batch_size: int | None = field(default=None, metadata={"help": "Rows per homogeneous sub-batch."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for the collator."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal batches on every rank."})
+    ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "DDP buffer broadcast per forward."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -135,7 +137,9 @@ class TTEContrastiveTrainer(Trainer):
     - GradCache (`args.gradcache_chunk_size`): the per-device batch is embedded in chunks without a graph, the loss
       and its gradient w.r.t. the embeddings are computed once, then each chunk is re-run with a graph and
       back-propagated. Under DDP all chunks but the last run inside `no_sync`; the last chunk's backward is the
-      Trainer's own, which synchronises the gradients. Works on one device and on many.
+      Trainer's own, which synchronises the gradients. Works on one device and on many. Under DDP without a chunk
+      size, the step runs as GradCache with one chunk per side (DDP cannot back-propagate one loss through several
+      forward passes of the wrapped model).
     - Homogeneous sub-batches (`args.homogeneous_batches`) via [`~train.data.HomogeneousSampler`].
 
     Args:
@@ -170,8 +174,15 @@ class TTEContrastiveTrainer(Trainer):
         """InfoNCE of the batch's queries against its (gathered) targets and negatives; GradCache when
         `args.gradcache_chunk_size` is set and the model is training with gradients enabled."""
         sides = self._sides(inputs)
-        if self.args.gradcache_chunk_size and model.training and torch.is_grad_enabled():
-            loss, embeddings = self._gradcache_loss(model, sides, self.args.gradcache_chunk_size)
+        chunk_size = self.args.gradcache_chunk_size
+        if not chunk_size and isinstance(model, nn.parallel.DistributedDataParallel):
+            # DDP cannot back-propagate one loss through several forward passes of the wrapped model (the sides use
+            # different parameters, e.g. only queries have images): run GradCache with one chunk per side instead
+            logger.warning_once("Under DDP the contrastive step runs as GradCache with one chunk per side (one "
+                                "extra no-grad forward); set gradcache_chunk_size to choose the chunk size")
+            chunk_size = max(batch["input_ids"].shape[0] for batch in sides.values())
+        if chunk_size and model.training and torch.is_grad_enabled():
+            loss, embeddings = self._gradcache_loss(model, sides, chunk_size)
         else:
             embeddings = {side: model(**batch).embeddings for side, batch in sides.items()}
             loss = self._loss(embeddings)
