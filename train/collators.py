@@ -1,0 +1,135 @@
+"""Collators that turn training rows plus their ECR into embedder batches for contrastive training."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers.utils import logging
+
+from .ecr_store import ECRStore
+
+logger = logging.get_logger(__name__)
+
+MISSING_ECR_POLICIES = ("error", "no_ecr")
+# side name in the batch -> (row field prefix, ECR store side, suffix of the store row id)
+BATCH_SIDES = {"query": ("qry", "query", ""), "target": ("pos", "target", ""), "negative": ("neg", "target", "#neg")}
+
+
+def row_name(row: Mapping, index: int) -> str:
+    """`dataset/row_id (batch index i)` for error messages."""
+    if isinstance(row, Mapping) and "dataset" in row and "row_id" in row:
+        return f"row {row['dataset']}/{row['row_id']} (batch index {index})"
+    return f"row at batch index {index}"
+
+
+@dataclass
+class TTEContrastiveCollator:
+    r"""
+    Collates training rows (as made by `train.data.load_mmeb_train`) into query, target and, when rows have them,
+    hard-negative batches via `TTEProcessor.process_queries` / `process_targets`, with each side's ECR as the
+    assistant turn.
+
+    A row is a mapping with `dataset`, `row_id`, `qry_text`, `qry_image`, `pos_text`, `pos_image` and optionally
+    `neg_text`, `neg_image`, `qry_instruction`, and explicit `qry_ecr` / `pos_ecr` / `neg_ecr` strings (which take
+    precedence over the store). Images are paths or PIL images; empty strings mean none. ECR comes from
+    `ecr_store.get(dataset, row_id, side)` with `side` `"query"` for the query and `"target"` for the positive; a hard
+    negative is looked up as target-side row id `f"{row_id}#neg"`.
+
+    Args:
+        processor (`TTEProcessor`): builds the embedder inputs. With `processor.ecr_mode == "none"` no ECR is read.
+        ecr_store (`ECRStore` or `str`, *optional*): the ECR store (or its folder). `None` uses only ECR that rows
+            carry themselves.
+        ecr_sides (`tuple[str, ...]`, *optional*, defaults to `("query", "target", "negative")`): the sides that read
+            ECR from the store.
+        on_missing_ecr (`str`, *optional*, defaults to `"error"`): `"error"` raises a `ValueError` naming the row
+            and side; `"no_ecr"` embeds that side without ECR, counts it in `missing_ecr` and logs a warning.
+
+    Returns (from `__call__`):
+        `dict` with `"query"` and `"target"` (and `"negative"` when any row has a hard negative) model-input dicts.
+    """
+
+    processor: Any
+    ecr_store: ECRStore | str | os.PathLike | None = None
+    ecr_sides: tuple[str, ...] = ("query", "target", "negative")
+    on_missing_ecr: str = "error"
+    missing_ecr: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.on_missing_ecr not in MISSING_ECR_POLICIES:
+            raise ValueError(f"on_missing_ecr must be one of {list(MISSING_ECR_POLICIES)}, got {self.on_missing_ecr!r}")
+        unknown = set(self.ecr_sides) - set(BATCH_SIDES)
+        if unknown:
+            raise ValueError(f"ecr_sides must be among {list(BATCH_SIDES)}, got {sorted(unknown)}")
+        if isinstance(self.ecr_store, (str, os.PathLike)):
+            if not os.path.isdir(self.ecr_store):
+                raise FileNotFoundError(f"ECR store folder not found: {self.ecr_store}")
+            self.ecr_store = ECRStore(self.ecr_store)
+
+    def _ecr(self, row: Mapping, side: str, index: int) -> str | None:
+        prefix, store_side, suffix = BATCH_SIDES[side]
+        own = row.get(f"{prefix}_ecr")
+        if own:
+            return own
+        if self.ecr_store is None or side not in self.ecr_sides or self.processor.ecr_mode == "none":
+            return None
+        record = self.ecr_store.get(row["dataset"], f"{row['row_id']}{suffix}", store_side)
+        if record is not None:
+            return record.ecr
+        message = (f"{row_name(row, index)}: no {store_side} ECR in the store {self.ecr_store.path} for the {side} "
+                   f"(key {row['dataset']!r}, {row['row_id']}{suffix!s}, {store_side!r})")
+        if self.on_missing_ecr == "error":
+            raise ValueError(message + "; generate it first or pass on_missing_ecr='no_ecr'")
+        self.missing_ecr += 1
+        logger.warning(f"{message}; embedding it without ECR ({self.missing_ecr} missing so far)")
+        return None
+
+    def _side_row(self, row: Mapping, side: str, index: int) -> dict | None:
+        prefix = BATCH_SIDES[side][0]
+        text, image = row.get(f"{prefix}_text") or "", row.get(f"{prefix}_image") or None
+        if side == "negative" and not text and image is None:
+            return None
+        if not isinstance(text, str):
+            raise ValueError(f"{row_name(row, index)}: field '{prefix}_text' must be a string, "
+                             f"got {type(text).__name__}")
+        if not text.strip() and image is None:
+            raise ValueError(f"{row_name(row, index)}: the {side} needs '{prefix}_text' or '{prefix}_image'")
+        if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
+            raise FileNotFoundError(f"{row_name(row, index)}: field '{prefix}_image': image file not found: {image}")
+        out = {"text": text, "image": image, "ecr": self._ecr(row, side, index)}
+        if side == "query" and row.get("qry_instruction"):
+            out["instruction"] = row["qry_instruction"]
+        return out
+
+    def _process(self, side: str, rows: list[dict], names: list[str]) -> dict:
+        method = self.processor.process_queries if side == "query" else self.processor.process_targets
+        try:
+            return dict(method(rows))
+        except (ValueError, FileNotFoundError) as error:
+            raise type(error)(f"{side} batch of rows [{', '.join(names)}]: {error}") from error
+
+    def __call__(self, rows: list[Mapping]) -> dict[str, dict]:
+        if not rows:
+            raise ValueError("TTEContrastiveCollator got an empty batch")
+        sides = {name: [] for name in BATCH_SIDES}
+        names = {name: [] for name in BATCH_SIDES}
+        for index, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ValueError(f"row at batch index {index}: expected a mapping, got {type(row).__name__}")
+            for required in ("dataset", "row_id"):
+                if row.get(required) in (None, ""):
+                    raise ValueError(f"{row_name(row, index)}: missing field {required!r}")
+            for side in BATCH_SIDES:
+                side_row = self._side_row(row, side, index)
+                if side_row is not None:
+                    sides[side].append(side_row)
+                    names[side].append(f"{row['dataset']}/{row['row_id']}")
+        batch = {side: self._process(side, sides[side], names[side]) for side in ("query", "target")}
+        if sides["negative"]:
+            batch["negative"] = self._process("negative", sides["negative"], names["negative"])
+        return batch
+
+
+__all__ = ["TTEContrastiveCollator"]

@@ -1,0 +1,162 @@
+"""Train a Think-Then-Embed embedder (TTE_t / TTE_s) or a unified head (TTE_u) with InfoNCE on MMEB-train + ECR.
+
+Tiny run on a CPU, offline (a toy MMEB-format set with ECR, a tiny Qwen2-VL):
+
+    python -m train.tiny_backbone --out runs/tiny-backbone
+    python -m train.data --write-toy runs/toy-mmeb
+    OMP_NUM_THREADS=1 python -m train.train_embedder --config train/recipes/tiny_cpu.yaml
+
+Paper recipe (Qwen2-VL-2B, LoRA r16/alpha64, tau 0.02, global batch 8192 with GradCache), 8 GPUs:
+
+    accelerate launch --config_file train/recipes/accelerate_ddp.yaml -m train.train_embedder \\
+        --config train/recipes/tte_qwen2vl_2b.yaml --image_root /data/MMEB-train --ecr_store runs/ecr-teacher
+
+Every key of the `--config` YAML is a command-line option (model, data and `TTEContrastiveConfig` /
+`TrainingArguments` fields); options given on the command line override the YAML. The YAML may also list the
+training subsets inline under `datasets:` (see `train.data.DatasetSpec`), or `--datasets` names a YAML file of them.
+The final model is written to `output_dir` as a self-contained TTE folder (LoRA merged) that loads with
+`AutoModel.from_pretrained(output_dir, trust_remote_code=True)`; `--push_to_hub --hub_model_id me/model` uploads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, set_seed
+from transformers.utils import logging
+
+from modeling_tte import TTEForEmbedding
+from processing_tte import TTEProcessor
+
+from .collators import TTEContrastiveCollator
+from .data import load_dataset_specs, load_mmeb_train
+from .trainer import TTEContrastiveConfig, TTEContrastiveTrainer, prepare_model_for_training, save_tte_checkpoint
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """What to train: the backbone, TTE mode and head, and how (LoRA, full, head only)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Backbone VLM (hub id or folder)."})
+    mode: str = field(default="embedder", metadata={"help": "'embedder' (TTE_t/TTE_s) or 'unified' (TTE_u)."})
+    head_type: str = field(default="last_token", metadata={"help": "Head of a unified model, e.g. 'self_init'."})
+    num_head_layers: int = field(default=8, metadata={"help": "Decoder layers copied by the self_init head."})
+    tuning: str | None = field(default=None, metadata={"help": "'lora' (embedder default), 'full', 'head'."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str | None = field(default=None, metadata={"help": "LoRA target regex (default: LM)."})
+    dtype: str | None = field(default=None, metadata={"help": "Backbone dtype, e.g. 'bfloat16' or 'float32'."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'flash_attention_2'."})
+    ecr_mode: str = field(default="full", metadata={"help": "'full', 'answer_only' or 'none' (no ECR)."})
+    max_ecr_tokens: int = field(default=512, metadata={"help": "Longest ECR fed to the embedder, in tokens."})
+
+
+@dataclass
+class DataArguments:
+    """Where the training rows, their images and their ECR are."""
+
+    datasets: str | None = field(default=None, metadata={"help": "YAML file listing the training subsets."})
+    image_root: str | None = field(default=None, metadata={"help": "Folder that image paths are relative to."})
+    ecr_store: str | None = field(default=None, metadata={"help": "ECR store folder (None: no ECR lookups)."})
+    on_missing_ecr: str = field(default="error", metadata={"help": "'error' or 'no_ecr' (warn, count)."})
+
+
+def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TTEContrastiveConfig, list]:
+    """`(model_args, data_args, training_args, dataset_specs)` from `--config` YAML and command-line overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, argv = pre.parse_known_args(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TTEContrastiveConfig),
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipe, inline_datasets = {}, None
+    if known.config:
+        with open(known.config, encoding="utf-8") as handle:
+            recipe = yaml.safe_load(handle) or {}
+        if isinstance(recipe.get("datasets"), list):
+            inline_datasets = recipe.pop("datasets")
+        allowed = {f.name for cls in (ModelArguments, DataArguments, TTEContrastiveConfig) for f in fields(cls)}
+        unknown = sorted(set(recipe) - allowed)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown keys {unknown}")
+        parser.set_defaults(**recipe)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    if not model_args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required (in the --config YAML or on the command line)")
+    source = data_args.datasets or inline_datasets
+    if source is None:
+        raise ValueError("no training data: list subsets under 'datasets:' in the --config YAML or pass --datasets")
+    return model_args, data_args, training_args, load_dataset_specs(source)
+
+
+def build_model(args: ModelArguments):
+    """The `TTEForEmbedding` to train (not yet wrapped for LoRA)."""
+    backbone_kwargs = {k: getattr(args, k) for k in ("dtype", "attn_implementation") if getattr(args, k)}
+    tte_kwargs = {"mode": args.mode, "head_type": args.head_type, "num_head_layers": args.num_head_layers,
+                  "max_ecr_tokens": args.max_ecr_tokens}
+    return TTEForEmbedding.from_backbone(args.model_name_or_path, **tte_kwargs, **backbone_kwargs)
+
+
+def export_final(trainer: TTEContrastiveTrainer, processor, model_args: ModelArguments) -> Path:
+    """Write the final self-contained TTE folder to `output_dir` (and push it when asked). `Trainer.save_model`
+    gathers the weights however the run was sharded (DDP, FSDP, DeepSpeed); a LoRA adapter is then merged into a
+    freshly loaded backbone on the main process."""
+    args = trainer.args
+    output_dir = Path(args.output_dir)
+    from peft import PeftModel
+
+    if not isinstance(trainer.model, PeftModel):
+        trainer.save_model(str(output_dir))  # weights, config with auto_map, *_tte.py and the processor
+    else:
+        adapter_dir = output_dir / "lora_adapter"
+        trainer.save_model(str(adapter_dir))
+        if trainer.is_world_process_zero():
+            merged = PeftModel.from_pretrained(build_model(model_args), str(adapter_dir))
+            save_tte_checkpoint(merged, processor, output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if args.push_to_hub and trainer.is_world_process_zero():
+        from huggingface_hub import HfApi
+
+        repo = args.hub_model_id or output_dir.name
+        api = HfApi(token=args.hub_token)
+        api.create_repo(repo, private=args.hub_private_repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(output_dir), ignore_patterns=["checkpoint-*/**"],
+                          commit_message="Think-Then-Embed model")
+    return output_dir
+
+
+def main(argv=None) -> TTEContrastiveTrainer:
+    model_args, data_args, training_args, specs = parse_args(argv)
+    set_seed(training_args.seed)
+    processor = TTEProcessor.from_backbone(model_args.model_name_or_path, ecr_mode=model_args.ecr_mode,
+                                           max_ecr_tokens=model_args.max_ecr_tokens)
+    model = prepare_model_for_training(build_model(model_args), model_args.tuning, lora_r=model_args.lora_r,
+                                       lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                                       lora_target_modules=model_args.lora_target_modules)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    with training_args.main_process_first(desc="loading MMEB-train"):
+        train_dataset = load_mmeb_train(specs, image_root=data_args.image_root, seed=seed)
+    collator = TTEContrastiveCollator(processor, ecr_store=data_args.ecr_store,
+                                      on_missing_ecr=data_args.on_missing_ecr)
+    trainer = TTEContrastiveTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                                    data_collator=collator, processing_class=processor)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    output_dir = export_final(trainer, processor, model_args)
+    if collator.missing_ecr:
+        logger.warning(f"{collator.missing_ecr} sides were embedded without ECR (on_missing_ecr='no_ecr')")
+    if trainer.is_world_process_zero():
+        print(f"saved the TTE model to {output_dir}")
+    return trainer
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

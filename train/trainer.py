@@ -1,0 +1,247 @@
+"""Contrastive training of TTE embedders (TTE_t / TTE_s) and unified heads (TTE_u) with the HF `Trainer`.
+
+`TTEContrastiveTrainer` overrides `compute_loss` (InfoNCE with cross-device negatives, optionally through GradCache),
+`prediction_step` (loss only) and `_get_train_sampler` (homogeneous sub-batches); the training loop, optimiser,
+scheduler, checkpointing, logging and `accelerate` integration are the stock `Trainer`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import has_length
+from transformers.utils import logging
+
+from .data import HomogeneousSampler, dataset_names_of
+from .gradcache import RandomState, split_batch
+from .losses import InfoNCELoss
+
+logger = logging.get_logger(__name__)
+
+TUNING_MODES = ("lora", "full", "head")
+# LoRA on every linear layer of the language model (not the vision tower), the VLM2Vec / TTE setting.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+SIDE_ORDER = ("query", "target", "negative")
+
+
+@dataclass
+class TTEContrastiveConfig(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`TTEContrastiveTrainer`]. Defaults differ from `TrainingArguments` in
+    `remove_unused_columns=False` (the collator needs the raw rows), `dataloader_drop_last=True` (equal shards on
+    every rank, which cross-device negatives need) and `ddp_broadcast_buffers=False` (the model has no trained
+    buffers, and ranks may run different numbers of forward passes, e.g. when only some have hard negatives).
+
+    Args:
+        loss_temperature (`float`, *optional*):
+            InfoNCE temperature; defaults to the model's `config.loss_temperature` (0.02).
+        symmetric_loss (`bool`, *optional*, defaults to `False`):
+            Add the target->query direction. The paper trains query->target only.
+        cross_device_negatives (`bool`, *optional*, defaults to `True`):
+            Gather embeddings from all ranks so every query sees the global batch as negatives.
+        gradcache_chunk_size (`int`, *optional*):
+            Rows per GradCache chunk. `None` (default) runs a plain step over the whole per-device batch.
+        homogeneous_batches (`bool`, *optional*, defaults to `True`):
+            Sample blocks of `sub_batch_size` consecutive rows from one source dataset (the rows' `dataset` field).
+        sub_batch_size (`int`, *optional*):
+            Rows per homogeneous block; defaults to `per_device_train_batch_size`.
+    """
+
+    loss_temperature: float | None = field(default=None, metadata={"help": "InfoNCE temperature (model default)."})
+    symmetric_loss: bool = field(default=False, metadata={"help": "Also use the target->query direction."})
+    cross_device_negatives: bool = field(default=True, metadata={"help": "Negatives from all ranks."})
+    gradcache_chunk_size: int | None = field(default=None, metadata={"help": "GradCache rows per chunk."})
+    homogeneous_batches: bool = field(default=True, metadata={"help": "One source dataset per sub-batch."})
+    sub_batch_size: int | None = field(default=None, metadata={"help": "Rows per homogeneous sub-batch."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for the collator."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal batches on every rank."})
+    ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "DDP buffer broadcast per forward."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("loss_temperature", "gradcache_chunk_size", "sub_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"TTEContrastiveConfig.{name} must be positive, got {value!r}")
+        if self.remove_unused_columns:
+            raise ValueError("TTEContrastiveConfig.remove_unused_columns must be False: the contrastive collator "
+                             "reads the raw row fields")
+
+
+def prepare_model_for_training(model: nn.Module, tuning: str | None = None, lora_r: int = 16, lora_alpha: int = 64,
+                               lora_dropout: float = 0.05, lora_target_modules: str | list[str] | None = None):
+    """
+    Set up what trains. Embedder mode: `"lora"` (default; r=16, alpha=64 on the language model's linear layers, via
+    `peft`) or `"full"`. Unified mode: `"head"` only, the backbone stays frozen (and runs under `no_grad`).
+
+    Returns:
+        The model to train: a `peft.PeftModel` for LoRA, the `TTEForEmbedding` itself otherwise.
+    """
+    mode = model.config.mode
+    tuning = tuning or ("head" if mode == "unified" else "lora")
+    if tuning not in TUNING_MODES:
+        raise ValueError(f"tuning must be one of {list(TUNING_MODES)}, got {tuning!r}")
+    if mode == "unified":
+        if tuning != "head":
+            raise ValueError(f"unified mode trains only the head (tuning='head'), got tuning={tuning!r}")
+        model.vlm.requires_grad_(False)
+        return model
+    if tuning == "head":
+        raise ValueError("tuning='head' needs mode='unified'; embedder mode trains the backbone ('lora' or 'full')")
+    if tuning == "full":
+        return model.requires_grad_(True)
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                        target_modules=lora_target_modules or DEFAULT_LORA_TARGETS,
+                        modules_to_save=["projection"] if getattr(model, "projection", None) is not None else None)
+    return get_peft_model(model, config)
+
+
+def export_model(model: nn.Module) -> nn.Module:
+    """The plain `TTEForEmbedding` to save: LoRA weights merged into the backbone (in place) for a `PeftModel`."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def save_tte_checkpoint(model: nn.Module, processor, output_dir: str | os.PathLike, push_to_hub: str | None = None,
+                        **hub_kwargs) -> nn.Module:
+    """
+    Save a self-contained TTE folder (weights, `config.json` with `auto_map`, the `*_tte.py` remote code and the
+    processor) that loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)`; LoRA is merged first.
+    `push_to_hub` (a repo id) also uploads model and processor there.
+    """
+    model = export_model(model)
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    if push_to_hub:
+        model.push_to_hub(push_to_hub, **hub_kwargs)
+        processor.push_to_hub(push_to_hub, **hub_kwargs)
+    return model
+
+
+class TTEContrastiveTrainer(Trainer):
+    r"""
+    A [`~transformers.Trainer`] for InfoNCE training of [`TTEForEmbedding`] on batches from
+    [`~train.collators.TTEContrastiveCollator`] (`{"query": ..., "target": ..., "negative": ...}`).
+
+    - Cross-device negatives: embeddings are gathered from all ranks, with gradient on the local shard.
+    - GradCache (`args.gradcache_chunk_size`): the per-device batch is embedded in chunks without a graph, the loss
+      and its gradient w.r.t. the embeddings are computed once, then each chunk is re-run with a graph and
+      back-propagated. Under DDP all chunks but the last run inside `no_sync`; the last chunk's backward is the
+      Trainer's own, which synchronises the gradients. Works on one device and on many. Under DDP without a chunk
+      size, the step runs as GradCache with one chunk per side (DDP cannot back-propagate one loss through several
+      forward passes of the wrapped model).
+    - Homogeneous sub-batches (`args.homogeneous_batches`) via [`~train.data.HomogeneousSampler`].
+
+    Args:
+        loss_fn (`nn.Module`, *optional*): replaces the default [`~train.losses.InfoNCELoss`] built from `args`.
+        Everything else as for [`~transformers.Trainer`] (`args` must be a [`TTEContrastiveConfig`]).
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean; the Trainer divides it for accumulation
+
+    def __init__(self, *args, loss_fn: nn.Module | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, TTEContrastiveConfig):
+            raise ValueError(f"TTEContrastiveTrainer needs TTEContrastiveConfig arguments, got "
+                             f"{type(self.args).__name__}")
+        temperature = self.args.loss_temperature or self.model.config.loss_temperature
+        self.loss_fn = loss_fn or InfoNCELoss(temperature, symmetric=self.args.symmetric_loss,
+                                              gather_across_devices=self.args.cross_device_negatives)
+
+    # ------------------------------------------------------------------ loss
+    @staticmethod
+    def _sides(inputs: dict) -> dict[str, dict]:
+        missing = [side for side in ("query", "target") if side not in inputs]
+        if missing:
+            raise ValueError(f"TTEContrastiveTrainer batches need 'query' and 'target' model inputs (from "
+                             f"TTEContrastiveCollator); missing {missing}, got keys {sorted(inputs)}")
+        return {side: inputs[side] for side in SIDE_ORDER if inputs.get(side) is not None}
+
+    def _loss(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(embeddings["query"], embeddings["target"], embeddings.get("negative"))
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """InfoNCE of the batch's queries against its (gathered) targets and negatives; GradCache when
+        `args.gradcache_chunk_size` is set and the model is training with gradients enabled."""
+        sides = self._sides(inputs)
+        chunk_size = self.args.gradcache_chunk_size
+        if not chunk_size and isinstance(model, nn.parallel.DistributedDataParallel):
+            # DDP cannot back-propagate one loss through several forward passes of the wrapped model (the sides use
+            # different parameters, e.g. only queries have images): run GradCache with one chunk per side instead
+            logger.warning_once("Under DDP the contrastive step runs as GradCache with one chunk per side (one "
+                                "extra no-grad forward); set gradcache_chunk_size to choose the chunk size")
+            chunk_size = max(batch["input_ids"].shape[0] for batch in sides.values())
+        if chunk_size and model.training and torch.is_grad_enabled():
+            loss, embeddings = self._gradcache_loss(model, sides, chunk_size)
+        else:
+            embeddings = {side: model(**batch).embeddings for side, batch in sides.items()}
+            loss = self._loss(embeddings)
+        return (loss, embeddings) if return_outputs else loss
+
+    def _split(self, model, batch: dict, chunk_size: int) -> list[dict]:
+        vlm_config = self.accelerator.unwrap_model(model).config.vlm_config
+        vision = getattr(vlm_config, "vision_config", None)
+        return split_batch(batch, chunk_size, image_token_id=getattr(vlm_config, "image_token_id", None),
+                           video_token_id=getattr(vlm_config, "video_token_id", None),
+                           merge_size=getattr(vision, "spatial_merge_size", 2))
+
+    def _gradcache_loss(self, model, sides: dict[str, dict], chunk_size: int):
+        """GradCache: returns the loss (its value) carrying the last chunk's graph, so the Trainer's backward of
+        it completes the step (and, under DDP, synchronises the gradients accumulated under `no_sync`)."""
+        jobs = []  # (side, chunk inputs, random state)
+        cached: dict[str, list[torch.Tensor]] = {side: [] for side in sides}
+        with torch.no_grad():
+            for side, batch in sides.items():
+                for chunk in self._split(model, batch, chunk_size):
+                    state = RandomState()
+                    cached[side].append(model(**chunk).embeddings)
+                    jobs.append((side, chunk, state))
+        leaves = {side: torch.cat(parts).detach().requires_grad_() for side, parts in cached.items()}
+        loss = self._loss(leaves)
+        grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+        offsets = dict.fromkeys(sides, 0)
+        scale = self.current_gradient_accumulation_steps
+        surrogate = None
+        for index, (side, chunk, state) in enumerate(jobs):
+            rows = chunk["input_ids"].shape[0]
+            grad = grads[side][offsets[side]:offsets[side] + rows]
+            offsets[side] += rows
+            last = index == len(jobs) - 1
+            with (contextlib.nullcontext() if last else self.accelerator.no_sync(model)), state.replay():
+                embeddings = model(**chunk).embeddings
+                surrogate = (embeddings.float() * grad).sum()
+                if not last:
+                    self.accelerator.backward(surrogate / scale)
+        # value == loss, gradient == the last chunk's cached-gradient product
+        return loss.detach() + surrogate - surrogate.detach(), {k: v.detach() for k, v in leaves.items()}
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Evaluation: the contrastive loss only (no logits or labels)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ sampling
+    def _get_train_sampler(self, train_dataset=None):
+        """[`HomogeneousSampler`] when `args.homogeneous_batches`, else the stock sampler."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.args.homogeneous_batches or dataset is None or not has_length(dataset):
+            return super()._get_train_sampler(train_dataset)
+        size = self.args.sub_batch_size or self.args.per_device_train_batch_size
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return HomogeneousSampler(dataset_names_of(dataset), size, seed=seed)
+
+
+__all__ = ["TTEContrastiveConfig", "TTEContrastiveTrainer", "export_model", "prepare_model_for_training",
+           "save_tte_checkpoint"]
