@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.11",
     py_modules=["configuration_tte", "modeling_tte", "processing_tte"],
     packages=["train", "eval"],
-    package_data={"train": ["recipes/*.yaml"], "eval": ["*.yaml", "*.json"]},
+    package_data={"train": ["recipes/*.yaml", "recipes/accelerate/*.yaml"], "eval": ["*.yaml", "*.json"]},
     install_requires=[
         "torch>=2.6",
         "torchvision>=0.21",

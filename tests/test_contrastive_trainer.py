@@ -88,7 +88,7 @@ def test_entry_script_saves_a_checkpoint_that_reloads_in_a_fresh_process(tiny_qw
     from train.train_embedder import main
 
     toy = write_toy_mmeb(tmp_path / "toy", rows_per_dataset=8)
-    recipe = yaml.safe_load((REPO / "train" / "recipes" / "tiny_cpu.yaml").read_text())
+    recipe = yaml.safe_load((REPO / "train" / "recipes" / "embed_tiny_cpu.yaml").read_text())
     recipe.update(model_name_or_path=tiny_qwen2_vl, datasets=str(toy / "datasets.yaml"), image_root=str(toy),
                   ecr_store=str(toy / "ecr"), output_dir=str(tmp_path / "out"), per_device_train_batch_size=8)
     config = tmp_path / "recipe.yaml"

@@ -183,8 +183,17 @@ def test_recipes_name_only_known_fields(recipe):
     from train.generate_ecr import GenerateECRArguments
     from train.mmeb_data import dataset_config
 
+    from train.train_embedder import DataArguments, ModelArguments
+    from train.trainer import TTEContrastiveConfig
+
     config = yaml.safe_load(recipe.read_text())
-    classes = (DistillArguments, SFTConfig, ModelConfig) if "distill" in recipe.name else (GenerateECRArguments,)
+    if recipe.name.startswith("distill_"):
+        classes = (DistillArguments, SFTConfig, ModelConfig)
+    elif recipe.name.startswith("embed_"):
+        classes = (ModelArguments, DataArguments, TTEContrastiveConfig)
+        config.pop("datasets", None)  # a YAML file of DatasetSpecs, checked by the embedder's own tests
+    else:
+        classes = (GenerateECRArguments,)
     known = {f.name for cls in classes for f in dataclasses.fields(cls)}
     assert set(config) <= known, f"{recipe.name}: unknown keys {set(config) - known}"
     for spec in config.get("datasets", []):

@@ -4,12 +4,12 @@ Tiny run on a CPU, offline (a toy MMEB-format set with ECR, a tiny Qwen2-VL):
 
     python -m train.tiny_backbone --out runs/tiny-backbone
     python -m train.data --write-toy runs/toy-mmeb
-    OMP_NUM_THREADS=1 python -m train.train_embedder --config train/recipes/tiny_cpu.yaml
+    OMP_NUM_THREADS=1 python -m train.train_embedder --config train/recipes/embed_tiny_cpu.yaml
 
 Paper recipe (Qwen2-VL-2B, LoRA r16/alpha64, tau 0.02, global batch 8192 with GradCache), 8 GPUs:
 
-    accelerate launch --config_file train/recipes/accelerate_ddp.yaml -m train.train_embedder \\
-        --config train/recipes/tte_qwen2vl_2b.yaml --image_root /data/MMEB-train --ecr_store runs/ecr-teacher
+    accelerate launch --config_file train/recipes/accelerate/ddp.yaml -m train.train_embedder \\
+        --config train/recipes/embed_qwen2vl_2b.yaml --image_root /data/MMEB-train --ecr_store runs/ecr-teacher
 
 Every key of the `--config` YAML is a command-line option (model, data and `TTEContrastiveConfig` /
 `TrainingArguments` fields); options given on the command line override the YAML. The YAML may also list the
