@@ -75,7 +75,7 @@ def _rows(toy, n=4):
 def test_collator_reads_ecr_from_the_store(toy, processor):
     rows = _rows(toy)
     batch = TTEContrastiveCollator(processor, ecr_store=str(toy / "ecr"))(rows)
-    assert set(batch) == {"query", "target", "negative"}
+    assert set(batch) == {"query", "target", "negative", "target_ids"}
     assert batch["query"]["input_ids"].shape[0] == 4 and batch["query"]["pixel_values"].shape[0] > 0
     store = ECRStore(toy / "ecr")
     text = processor.batch_decode(batch["query"]["input_ids"][:1], skip_special_tokens=False)[0]
@@ -115,3 +115,10 @@ def test_bad_rows_raise_errors_naming_the_row(toy, processor):
         collator([{k: v for k, v in good.items() if k != "row_id"}])
     with pytest.raises(ValueError, match="empty batch"):
         collator([])
+
+
+def test_target_ids_are_equal_exactly_for_equal_targets(toy, processor):
+    rows = _rows(toy)
+    same = [dict(rows[0], row_id="a"), dict(rows[0], row_id="b"), dict(rows[0], row_id="c", pos_text="other")]
+    ids = TTEContrastiveCollator(processor)(same)["target_ids"].tolist()
+    assert ids[0] == ids[1] != ids[2]

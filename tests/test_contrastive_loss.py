@@ -60,3 +60,17 @@ def test_rejects_bad_shapes():
         loss(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 7))
     with pytest.raises(ValueError, match="per-row negatives"):
         loss(torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 2, 8))
+
+
+def test_a_shared_positive_is_not_a_negative():
+    # rows 0 and 1 have the same target (e.g. one class label); rows 2 and 3 their own
+    basis = torch.eye(3)
+    target = torch.stack([basis[0], basis[0], basis[1], basis[2]])
+    query = target.clone()
+    loss_fn = InfoNCELoss(temperature=0.05)
+    unmasked = loss_fn(query, target)
+    masked = loss_fn(query, target, target_ids=torch.tensor([7, 7, 8, 9]))
+    assert unmasked.item() == pytest.approx(math.log(2) / 2, abs=1e-4)  # rows 0, 1 split mass with the copy
+    assert masked.item() < 1e-6
+    with pytest.raises(ValueError, match="target_ids must have shape"):
+        loss_fn(query, target, target_ids=torch.tensor([1, 2]))

@@ -86,8 +86,9 @@ def test_gradcache_equals_full_batch_step(tiny_qwen2_vl, collator, batch, tmp_pa
                                               gradcache_chunk_size=2)
 
     # an independent reference: one forward of the whole batch, the loss module, backward
-    embeddings = {side: reference_model(**inputs).embeddings for side, inputs in batch.items()}
-    reference = InfoNCELoss(0.05)(embeddings["query"], embeddings["target"], embeddings["negative"])
+    embeddings = {side: reference_model(**batch[side]).embeddings for side in ("query", "target", "negative")}
+    reference = InfoNCELoss(0.05)(embeddings["query"], embeddings["target"], embeddings["negative"],
+                                  target_ids=batch["target_ids"])
     reference.backward()
     reference_grads = _grads(reference_model)
 

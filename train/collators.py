@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers.utils import logging
 
 from .ecr_store import ECRStore
@@ -48,7 +50,9 @@ class TTEContrastiveCollator:
             and side; `"no_ecr"` embeds that side without ECR, counts it in `missing_ecr` and logs a warning.
 
     Returns (from `__call__`):
-        `dict` with `"query"` and `"target"` (and `"negative"` when any row has a hard negative) model-input dicts.
+        `dict` with `"query"` and `"target"` (and `"negative"` when any row has a hard negative) model-input dicts,
+        and `"target_ids"`: a content id per positive (rows with the same target text, image path and ECR share
+        it), with which the loss keeps a shared positive (e.g. a class label) from being another row's negative.
     """
 
     processor: Any
@@ -127,9 +131,22 @@ class TTEContrastiveCollator:
                     sides[side].append(side_row)
                     names[side].append(f"{row['dataset']}/{row['row_id']}")
         batch = {side: self._process(side, sides[side], names[side]) for side in ("query", "target")}
+        batch["target_ids"] = torch.tensor([target_id(row, target) for row, target in zip(rows, sides["target"],
+                                                                                       strict=True)])
         if sides["negative"]:
             batch["negative"] = self._process("negative", sides["negative"], names["negative"])
         return batch
 
 
-__all__ = ["TTEContrastiveCollator"]
+def target_id(row: Mapping, target: dict) -> int:
+    """A 64-bit content id of a positive target; a PIL image (no path to compare) makes it unique to its row."""
+    image = target["image"]
+    if image is not None and not isinstance(image, (str, os.PathLike)):
+        key = ("row", row["dataset"], row["row_id"])
+    else:
+        key = ("content", target["text"], str(image or ""), target["ecr"] or "")
+    digest = hashlib.blake2b(repr(key).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+__all__ = ["TTEContrastiveCollator", "target_id"]

@@ -104,14 +104,17 @@ class InfoNCELoss(nn.Module):
                              f"{tuple(negatives.shape)}")
         return negatives.reshape(-1, negatives.shape[-1])
 
-    def forward(self, query: torch.Tensor, target: torch.Tensor,
-                negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor | None = None,
+                target_ids: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             query (`torch.Tensor` of shape `(batch, dim)`): this rank's query embeddings.
             target (`torch.Tensor` of shape `(batch, dim)`): this rank's positive target embeddings, row-aligned.
             negatives (`torch.Tensor` of shape `(num_negatives, dim)` or `(batch, k, dim)`, *optional*):
                 Explicit hard negatives; every one is a candidate for every query (of every rank).
+            target_ids (`torch.LongTensor` of shape `(batch,)`, *optional*):
+                Content ids of the targets (equal ids = the same target, e.g. a class label shared by several rows).
+                Another row's copy of a query's own positive is not used as a negative for it.
 
         Returns:
             `torch.Tensor`: the scalar mean loss over this rank's queries.
@@ -132,11 +135,29 @@ class InfoNCELoss(nn.Module):
             all_negatives = negatives.float() if negatives is not None else None
         candidates = all_targets if all_negatives is None else torch.cat([all_targets, all_negatives])
         labels = torch.arange(query.shape[0], device=query.device) + offset
-        loss = F.cross_entropy(query @ candidates.T / self.temperature, labels)
+        logits = query @ candidates.T / self.temperature
+        if target_ids is not None:
+            logits = self._mask_duplicates(logits, labels, target_ids, distributed)
+        loss = F.cross_entropy(logits, labels)
         if self.symmetric:
             all_queries = gather_with_grad(query)[0] if distributed else query
             loss = (loss + F.cross_entropy(target @ all_queries.T / self.temperature, labels)) / 2
         return loss
+
+    @staticmethod
+    def _mask_duplicates(logits: torch.Tensor, labels: torch.Tensor, target_ids: torch.Tensor,
+                         distributed: bool) -> torch.Tensor:
+        """Set to -inf the logits of targets equal to a row's own positive (other than the positive itself)."""
+        if target_ids.shape != labels.shape:
+            raise ValueError(f"InfoNCELoss target_ids must have shape {tuple(labels.shape)}, "
+                             f"got {tuple(target_ids.shape)}")
+        all_ids = target_ids
+        if distributed:
+            all_ids = gather_with_grad(target_ids.to(logits.device))[0]
+        same = target_ids.to(logits.device)[:, None] == all_ids[None, :]
+        same[torch.arange(len(labels), device=logits.device), labels] = False
+        duplicate = F.pad(same, (0, logits.shape[1] - same.shape[1]))
+        return logits.masked_fill(duplicate, float("-inf"))
 
 
 __all__ = ["InfoNCELoss", "distributed_world", "gather_with_grad"]

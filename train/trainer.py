@@ -167,8 +167,11 @@ class TTEContrastiveTrainer(Trainer):
                              f"TTEContrastiveCollator); missing {missing}, got keys {sorted(inputs)}")
         return {side: inputs[side] for side in SIDE_ORDER if inputs.get(side) is not None}
 
-    def _loss(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.loss_fn(embeddings["query"], embeddings["target"], embeddings.get("negative"))
+    def _loss(self, embeddings: dict[str, torch.Tensor], target_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if target_ids is None:
+            return self.loss_fn(embeddings["query"], embeddings["target"], embeddings.get("negative"))
+        return self.loss_fn(embeddings["query"], embeddings["target"], embeddings.get("negative"),
+                            target_ids=target_ids)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """InfoNCE of the batch's queries against its (gathered) targets and negatives; GradCache when
@@ -181,11 +184,12 @@ class TTEContrastiveTrainer(Trainer):
             logger.warning_once("Under DDP the contrastive step runs as GradCache with one chunk per side (one "
                                 "extra no-grad forward); set gradcache_chunk_size to choose the chunk size")
             chunk_size = max(batch["input_ids"].shape[0] for batch in sides.values())
+        target_ids = inputs.get("target_ids")
         if chunk_size and model.training and torch.is_grad_enabled():
-            loss, embeddings = self._gradcache_loss(model, sides, chunk_size)
+            loss, embeddings = self._gradcache_loss(model, sides, chunk_size, target_ids)
         else:
             embeddings = {side: model(**batch).embeddings for side, batch in sides.items()}
-            loss = self._loss(embeddings)
+            loss = self._loss(embeddings, target_ids)
         return (loss, embeddings) if return_outputs else loss
 
     def _split(self, model, batch: dict, chunk_size: int) -> list[dict]:
@@ -195,7 +199,7 @@ class TTEContrastiveTrainer(Trainer):
                            video_token_id=getattr(vlm_config, "video_token_id", None),
                            merge_size=getattr(vision, "spatial_merge_size", 2))
 
-    def _gradcache_loss(self, model, sides: dict[str, dict], chunk_size: int):
+    def _gradcache_loss(self, model, sides: dict[str, dict], chunk_size: int, target_ids=None):
         """GradCache: returns the loss (its value) carrying the last chunk's graph, so the Trainer's backward of
         it completes the step (and, under DDP, synchronises the gradients accumulated under `no_sync`)."""
         jobs = []  # (side, chunk inputs, random state)
@@ -207,7 +211,7 @@ class TTEContrastiveTrainer(Trainer):
                     cached[side].append(model(**chunk).embeddings)
                     jobs.append((side, chunk, state))
         leaves = {side: torch.cat(parts).detach().requires_grad_() for side, parts in cached.items()}
-        loss = self._loss(leaves)
+        loss = self._loss(leaves, target_ids)
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
         offsets = dict.fromkeys(sides, 0)
         scale = self.current_gradient_accumulation_steps
