@@ -182,7 +182,6 @@ def test_recipes_name_only_known_fields(recipe):
     from train.distill_reasoner import DistillArguments
     from train.generate_ecr import GenerateECRArguments
     from train.mmeb_data import dataset_config
-
     from train.train_embedder import DataArguments, ModelArguments
     from train.trainer import TTEContrastiveConfig
 
