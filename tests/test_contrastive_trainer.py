@@ -125,3 +125,15 @@ def test_entry_script_saves_a_checkpoint_that_reloads_in_a_fresh_process(tiny_qw
     with torch.no_grad():
         untrained = base(**processor.process_queries([query])).embeddings[0]
     assert (untrained - expected).abs().max() > 1e-4  # training changed the model, and the checkpoint kept it
+
+
+def test_a_head_without_parameters_has_nothing_to_train(tiny_qwen2_vl):
+    from modeling_tte import TTEForEmbedding
+    from train.trainer import prepare_model_for_training
+
+    model = TTEForEmbedding.from_backbone(tiny_qwen2_vl, mode="unified", head_type="last_token")
+    with pytest.raises(ValueError, match="nothing to train: the 'last_token' head has no parameters"):
+        prepare_model_for_training(model)
+    with_projection = TTEForEmbedding.from_backbone(tiny_qwen2_vl, mode="unified", head_type="last_token",
+                                                    output_dim=16)
+    assert prepare_model_for_training(with_projection).projection.weight.requires_grad

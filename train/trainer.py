@@ -90,6 +90,9 @@ def prepare_model_for_training(model: nn.Module, tuning: str | None = None, lora
         if tuning != "head":
             raise ValueError(f"unified mode trains only the head (tuning='head'), got tuning={tuning!r}")
         model.vlm.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"nothing to train: the {model.config.head_type!r} head has no parameters (set "
+                             f"output_dim for a trainable projection, or evaluate the frozen model as it is)")
         return model
     if tuning == "head":
         raise ValueError("tuning='head' needs mode='unified'; embedder mode trains the backbone ('lora' or 'full')")

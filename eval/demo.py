@@ -1,0 +1,226 @@
+"""The main job: an offline, end-to-end Think-Then-Embed run that reproduces the paper's ablations in miniature.
+
+    python -m eval.demo --out runs/demo            # default run (about 15 minutes on a 2-core CPU)
+    python -m eval.demo --out runs/demo-quick --quick
+    python -m eval.demo --out runs/demo-seeds --seeds 0 1 2   # mean over seeds
+
+Every stage goes through the project's real code paths: a tiny Qwen2-VL written offline, the synthetic colour-card
+benchmark (eval/synthetic) with its oracle teacher's ECR in an ECR store, student reasoners distilled with TRL's
+`SFTTrainer` (train.distill_reasoner), student ECR written by the harness's generation seam (train.generate_ecr),
+embedders and unified heads trained with the contrastive Trainer (train.train_embedder), and every variant scored
+by the MMEB harness (eval.harness). Writes `results.json`, `results.md` and `results.png` under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from eval.demo_report import write_report
+from eval.ecr import attach_ecr
+from eval.harness import evaluate_model
+from eval.loaders import load_task
+from eval.synthetic.tasks import TASKS
+from eval.synthetic.write import train_dataset_name, write_benchmark
+from eval.tasks import all_tasks
+from processing_tte import answer_only, parse_ecr
+from train.ecr_store import ECRRecord, ECRStore
+
+logger = logging.getLogger(__name__)
+HEADS = ("last_token", "attention_pooler", "latent_attention", "qformer", "self_init")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes and steps of a run; `QUICK` shrinks every stage for a smoke run."""
+
+    num_train: int = 600
+    num_test: int = 100
+    hidden_size: int = 128
+    num_layers: int = 2
+    sft_steps: int = 600
+    sft_batch: int = 16
+    sft_lr: float = 3e-3
+    embed_steps: int = 200
+    embed_batch: int = 32
+    embed_lr: float = 1e-3
+    temperature: float = 0.05
+    max_new_tokens: int = 96
+    heads: tuple[str, ...] = HEADS
+    stage_seconds: dict = field(default_factory=dict)
+
+
+QUICK = dict(num_train=48, num_test=12, sft_steps=6, sft_batch=8, embed_steps=4, embed_batch=8, max_new_tokens=24)
+
+
+class Stages:
+    """Runs named stages and records each one's wall time."""
+
+    def __init__(self, seconds: dict):
+        self.seconds = seconds
+
+    def __call__(self, name: str, function, *args, **kwargs):
+        start = time.perf_counter()
+        logger.info("stage %s ...", name)
+        result = function(*args, **kwargs)
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 1)
+        logger.info("stage %s done in %.1f s", name, self.seconds[name])
+        return result
+
+
+def training_datasets(data: Path) -> list[dict]:
+    return [{"name": train_dataset_name(name), "path": str(data / "train" / f"{name}.jsonl"),
+             "task_type": task.task_type} for name, task in TASKS.items()]
+
+
+def answer_only_store(teacher: Path, out: Path) -> Path:
+    """The teacher's ECR reduced to its answer line: what an 'ECR without CoT' student learns to write."""
+    store = ECRStore(out)
+    if not len(store):
+        store.add(ECRRecord(r.dataset, r.row_id, r.side, answer_only(r.ecr), r.answer, r.reasoner, r.prompt_hash)
+                  for r in ECRStore(teacher))
+    return out
+
+
+def distill_student(backbone: Path, data: Path, store: Path, out: Path, s: DemoSettings, seed: int) -> Path:
+    from train.distill_reasoner import main as distill
+
+    if (out / "config.json").is_file():
+        return out
+    argv = ["--config", str(Path(__file__).parents[1] / "train" / "recipes" / "distill_tiny_cpu.yaml"),
+            "--model_name_or_path", str(backbone), "--store", str(store), "--image_root", str(data / "train"),
+            "--output_dir", str(out), "--max_steps", str(s.sft_steps), "--per_device_train_batch_size",
+            str(s.sft_batch), "--learning_rate", str(s.sft_lr), "--seed", str(seed), "--logging_steps", "50",
+            "--disable_tqdm", "true", "--datasets", *[json.dumps(d) for d in training_datasets(data)]]
+    return distill(argv)
+
+
+def student_ecr(student: Path, data: Path, store: Path, s: DemoSettings) -> dict[str, float]:
+    """Generate the student's ECR for every test query and candidate (the harness's generation seam) and return
+    its answer accuracy per task against the oracle teacher."""
+    from train.generate_ecr import LocalBackend
+
+    backend = LocalBackend(str(student), max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32")
+    teacher, students = ECRStore(data / "ecr-teacher"), ECRStore(store, part="student")
+    accuracy = {}
+    for spec in all_tasks("synthetic").values():
+        task = load_task(spec, data / "eval")
+        attach_ecr(task, students, "full", backend=backend, batch_size=64)
+        hits = [parse_ecr(q.row["ecr"]).answer == teacher.get(spec.name, q.row_id, "query").answer
+                for q in task.queries]
+        accuracy[spec.name] = sum(hits) / len(hits)
+    return accuracy
+
+
+def train_embedder(model: Path, data: Path, out: Path, s: DemoSettings, seed: int, ecr_mode: str,
+                   mode: str = "embedder", head_type: str = "last_token") -> Path:
+    from train.train_embedder import main as train
+
+    if (out / "config.json").is_file():
+        return out
+    if mode == "unified" and head_type == "last_token":  # a head without parameters: the frozen reasoner as it is
+        from modeling_tte import TTEForEmbedding
+        from processing_tte import TTEProcessor
+
+        TTEForEmbedding.from_backbone(str(model), mode=mode, head_type=head_type).save_pretrained(out)
+        TTEProcessor.from_backbone(str(model)).save_pretrained(out)
+        return out
+    datasets = out.parent / f"{out.name}-datasets.json"
+    datasets.parent.mkdir(parents=True, exist_ok=True)
+    datasets.write_text(json.dumps([{"name": d["name"], "path": d["path"]} for d in training_datasets(data)]))
+    argv = ["--model_name_or_path", str(model), "--mode", mode, "--head_type", head_type,
+            "--tuning", "head" if mode == "unified" else "full", "--dtype", "float32", "--ecr_mode", ecr_mode,
+            "--datasets", str(datasets), "--image_root", str(data / "train"),
+            "--ecr_store", str(data / "ecr-teacher"), "--output_dir", str(out), "--use_cpu", "true",
+            "--per_device_train_batch_size", str(s.embed_batch), "--max_steps", str(s.embed_steps),
+            "--learning_rate", str(s.embed_lr), "--loss_temperature", str(s.temperature),
+            "--warmup_steps", "0.05", "--lr_scheduler_type", "cosine", "--homogeneous_batches", "true",
+            "--save_strategy", "no", "--report_to", "none", "--logging_steps", "50", "--seed", str(seed),
+            "--disable_tqdm", "true"]
+    train(argv)
+    return out
+
+
+def evaluate(model: Path, data: Path, out: Path, store: Path | None, ecr_mode: str) -> dict[str, float]:
+    """Hit@1 per task of one variant, scored by the MMEB harness."""
+    tasks = list(all_tasks("synthetic").values())
+    scores = evaluate_model(model, tasks, out, ecr_mode=ecr_mode, batch_size=64, data_root=data / "eval",
+                            ecr_store=ECRStore(store) if store else None, cache_dir=out.parent / "embedding-cache")
+    return {name: result["hit@1"] for name, result in scores.items()}
+
+
+def variants(out: Path, data: Path, heads) -> list[tuple[str, Path, Path | None, str]]:
+    """`(name, model, ECR store, ecr_mode)` of every evaluated variant."""
+    rows = [("No ECR", out / "embed-none", None, "none"),
+            ("TTE_t (teacher ECR)", out / "embed-full", data / "ecr-teacher", "full"),
+            ("TTE_s (student ECR)", out / "embed-full", out / "ecr-student", "full"),
+            ("Answer-only (student)", out / "embed-answer", out / "ecr-student-answer", "answer_only")]
+    return rows + [(f"TTE_u {head}", out / f"unified-{head}", out / "ecr-student", "full") for head in heads]
+
+
+def run_seed(out: Path, seed: int, s: DemoSettings) -> dict:
+    """Every stage for one seed (a rerun skips finished stages' outputs); returns scores and student accuracy."""
+    from train.tiny_backbone import write_tiny_backbone
+
+    stage, data = Stages(s.stage_seconds), out / "data"
+    backbone = out / "backbone"
+    if not (backbone / "config.json").is_file():
+        stage("backbone", write_tiny_backbone, backbone, "qwen2_vl", seed=seed, hidden_size=s.hidden_size,
+              num_layers=s.num_layers, vision_depth=2, vision_width=64)
+    if not (data / "ecr-teacher").is_dir():
+        stage("data + teacher ECR", write_benchmark, data, s.num_train, s.num_test, seed)
+    teacher = data / "ecr-teacher"
+    student = stage("student SFT", distill_student, backbone, data, teacher, out / "student", s, seed)
+    accuracy = {"full": stage("student ECR", student_ecr, student, data, out / "ecr-student", s)}
+    short = answer_only_store(teacher, out / "ecr-teacher-answer")
+    student_short = stage("answer-only student SFT", distill_student, backbone, data, short,
+                          out / "student-answer", s, seed)
+    accuracy["answer_only"] = stage("answer-only student ECR", student_ecr, student_short, data,
+                                    out / "ecr-student-answer", s)
+    for name, ecr_mode in (("none", "none"), ("full", "full"), ("answer", "answer_only")):
+        stage("embedders", train_embedder, backbone, data, out / f"embed-{name}", s, seed, ecr_mode)
+    for head in s.heads:
+        stage("TTE_u heads", train_embedder, student, data, out / f"unified-{head}", s, seed, "full",
+              mode="unified", head_type=head)
+    scores = {}
+    for name, model, store, ecr_mode in variants(out, data, s.heads):
+        slug = name.split(" (")[0].replace(" ", "-").lower()
+        scores[name] = stage("evaluation", evaluate, model, data, out / "eval" / slug, store, ecr_mode)
+    return {"seed": seed, "scores": scores, "student_answer_accuracy": accuracy}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every stage (about 3 minutes)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    torch.set_num_threads(1)  # 2 threads on 2 shared cores was several times slower (DEMO-FINDINGS)
+    settings = replace(DemoSettings(), **QUICK) if args.quick else DemoSettings()
+    out, start = Path(args.out), time.perf_counter()
+    runs = [run_seed(out / f"seed{seed}", seed, settings) for seed in args.seeds]
+    results = {"settings": {k: v for k, v in asdict(settings).items() if k != "stage_seconds"},
+               "quick": args.quick, "runs": runs, "stage_seconds": settings.stage_seconds,
+               "total_seconds": round(time.perf_counter() - start, 1), "machine": machine()}
+    paths = write_report(out, results)
+    print(paths["markdown"].read_text())
+    return results
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    main()
