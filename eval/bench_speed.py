@@ -3,7 +3,9 @@
     python -m eval.bench_speed                     # a tiny random backbone (hidden 128, 4 layers), built in a temp dir
     python -m eval.bench_speed --model Qwen/Qwen2-VL-2B-Instruct --device cuda --head self_init qformer
 
-Measured, each as the best of `--repeats` interleaved runs after one warm-up run:
+Each fast path and its baseline run in turns (`--repeats` rounds after a warm-up round, alternating which goes
+first); a ratio is the median over rounds of the two times of one round (robust to a machine whose load changes),
+and the seconds and rows/s columns use each one's best round. Measured:
 1. think-and-embed, single pass (`generate_and_embed`) / generate only (the same `generate` call without the head:
    the physical floor is 1.0), per head type;
 2. two pass (generate, then embed prompt + ECR) / single pass, at `--gen-tokens` generated tokens (forced: the end
@@ -21,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import random
 import re
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -73,23 +75,33 @@ def _peak_mib(device: torch.device) -> float:
 
 
 def race(runs: dict, repeats: int, device: torch.device) -> dict[str, dict]:
-    """Time each of `runs` (name -> callable) `repeats` times, interleaved, after one warm-up round; per name the
-    best time in seconds, the peak memory in MiB and the last result."""
-    results = {name: {"seconds": math.inf, "peak_mib": 0.0, "result": None} for name in runs}
+    """Time each of `runs` (name -> callable) in `repeats` rounds after one warm-up round, in alternating order
+    (forward, then backward), so that paired runs see the same machine load. Per name: the time of each round
+    (`times`), the best time (`seconds`), the peak memory in MiB and the last result."""
+    results = {name: {"times": [], "peak_mib": 0.0, "result": None} for name in runs}
+    names = list(runs)
     for round_index in range(repeats + 1):
-        for name, run in runs.items():
+        for name in names if round_index % 2 else names[::-1]:
             _sync(device)
             _reset_peak(device)
             start = time.perf_counter()
-            result = run()
+            result = runs[name]()
             _sync(device)
             seconds = time.perf_counter() - start
             entry = results[name]
             entry["result"] = result
             if round_index:  # round 0 warms up
-                entry["seconds"] = min(entry["seconds"], seconds)
+                entry["times"].append(seconds)
                 entry["peak_mib"] = max(entry["peak_mib"], _peak_mib(device))
+    for entry in results.values():
+        entry["seconds"] = min(entry["times"])
     return results
+
+
+def ratio(results: dict, numerator: str, denominator: str) -> float:
+    """The median over rounds of `numerator`'s time / `denominator`'s time in the same round."""
+    pairs = zip(results[numerator]["times"], results[denominator]["times"], strict=True)
+    return statistics.median(top / bottom for top, bottom in pairs)
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -102,9 +114,9 @@ def reasoner_rows(count: int, rng: random.Random) -> list[dict]:
         if kind == 3:
             rows.append({"text": f"a {colour} card " + " ".join(rng.choices(WORDS, k=rng.randint(3, 30)))})
         elif kind == 2:
-            rows.append({"video": [Image.new("RGB", (64, 64), c) for c in COLOURS[:4]], "text": "what happens"})
+            rows.append({"video": [Image.new("RGB", (112, 112), c) for c in COLOURS[:4]], "text": "what happens"})
         else:
-            size = rng.choice([(64, 64), (128, 96), (96, 128), (128, 128)])
+            size = rng.choice([(224, 224), (224, 168), (168, 224), (192, 192)])
             rows.append({"image": Image.new("RGB", size, colour), "text": f"what is on the {colour} card?"})
     return rows
 
@@ -122,14 +134,21 @@ def encoding_rows(count: int, tokenizer, rng: random.Random) -> list[dict]:
 
 
 def tiny_model(folder: str, hidden_size: int, num_layers: int) -> str:
+    """A tiny random Qwen2-VL whose processor keeps images up to 224x224 pixels (196 tokens, about what Qwen2-VL-2B
+    gives a 392 px image; the test checkpoints cap images at 16 tokens)."""
     from train.tiny_backbone import write_tiny_backbone
 
-    return str(write_tiny_backbone(folder, "qwen2_vl", hidden_size=hidden_size, num_layers=num_layers))
+    path = write_tiny_backbone(folder, "qwen2_vl", hidden_size=hidden_size, num_layers=num_layers)
+    processor = TTEProcessor.from_backbone(str(path))
+    processor.image_processor.size = {"shortest_edge": 256, "longest_edge": 224 * 224}
+    processor.backbone.save_pretrained(path)
+    return str(path)
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
 def _throughput(rows: int, entry: dict) -> dict:
-    return {"seconds": entry["seconds"], "rows_per_s": rows / entry["seconds"], "peak_mib": entry["peak_mib"]}
+    return {"seconds": entry["seconds"], "times": entry["times"], "rows_per_s": rows / entry["seconds"],
+            "peak_mib": entry["peak_mib"]}
 
 
 def bench_think_and_embed(path: str, processor, args, device, dtype) -> list[dict]:
@@ -162,8 +181,8 @@ def bench_think_and_embed(path: str, processor, args, device, dtype) -> list[dic
         diff = (result["single"]["result"].float() - result["two_pass"]["result"].float()).abs().max().item()
         records.append({"head": head, "max_abs_diff": diff,
                         **{name: _throughput(len(rows), entry) for name, entry in result.items()},
-                        "single/generate": result["single"]["seconds"] / result["generate"]["seconds"],
-                        "two-pass/single": result["two_pass"]["seconds"] / result["single"]["seconds"]})
+                        "single/generate": ratio(result, "single", "generate"),
+                        "two-pass/single": ratio(result, "two_pass", "single")})
         del model
     return records
 
@@ -180,7 +199,7 @@ def bench_encoding(path: str, processor, args, device, dtype) -> dict:
     diff = (result["bucketed"]["result"] - result["naive"]["result"]).abs().max().item()
     return {"rows": len(rows), "min_tokens": min(lengths), "max_tokens": max(lengths), "max_abs_diff": diff,
             **{name: _throughput(len(rows), entry) for name, entry in result.items()},
-            "bucketed/naive": result["naive"]["seconds"] / result["bucketed"]["seconds"]}
+            "bucketed/naive": ratio(result, "naive", "bucketed")}
 
 
 def bench_generation(path: str, processor, args, device, dtype) -> dict:
@@ -199,7 +218,7 @@ def bench_generation(path: str, processor, args, device, dtype) -> dict:
     return {"rows": len(rows), "ecr_tokens": [out.num_tokens for out in result["batched"]["result"]],
             "same_texts": texts[0] == texts[1],
             **{name: _throughput(len(rows), entry) for name, entry in result.items()},
-            "batched/sequential": result["sequential"]["seconds"] / result["batched"]["seconds"]}
+            "batched/sequential": ratio(result, "sequential", "batched")}
 
 
 # ------------------------------------------------------------------------------------------------- reporting
@@ -283,7 +302,7 @@ def main(argv=None) -> dict:
     settings = results["settings"]
     print(f"{settings['model']} on {results['machine']['device']} ({results['machine']['torch_threads']} threads), "
           f"{dtype}; self_init copies {args.num_head_layers} of {depth} layers; {args.gen_tokens} generated tokens, "
-          f"think-and-embed batch {args.batch}; best of {args.repeats}")
+          f"think-and-embed batch {args.batch}; ratios: median of {args.repeats} paired rounds")
     print(table(results))
     Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")
