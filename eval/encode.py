@@ -36,7 +36,7 @@ class Encoder:
     def __init__(self, model, processor, batch_size: int = 8, device=None, bucket: bool = True,
                  window: int | None = None, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
         if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)
+            getattr(model, "vlm", model).set_attn_implementation(attn_implementation)  # the backbone attends
         if dtype is not None:
             model = model.to(dtype)
         self.model = model.eval()

@@ -81,3 +81,17 @@ def test_bucketed_encoding_names_a_bad_row(model_and_processor, tmp_path):
     with pytest.raises(FileNotFoundError, match="row 1 of this batch.*missing.png"):
         Encoder(model, processor).encode(rows, "query")
     assert Encoder(model, processor).encode([], "query").numel() == 0
+
+
+def test_attention_and_dtype_flags(tiny_qwen2_vl):
+    processor = TTEProcessor.from_backbone(tiny_qwen2_vl)
+    rows = varied_rows()[:4]
+    reference = Encoder(TTEForEmbedding.from_backbone(tiny_qwen2_vl), processor).encode(rows, "query")
+    model = TTEForEmbedding.from_backbone(tiny_qwen2_vl)
+    eager = Encoder(model, processor, attn_implementation="eager")
+    assert model.vlm.config._attn_implementation == "eager"
+    torch.testing.assert_close(eager.encode(rows, "query"), reference, atol=1e-5, rtol=0)
+    half = Encoder(model, processor, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    embeddings = half.encode(rows, "query")
+    assert embeddings.dtype == torch.float32 and (embeddings - reference).abs().max() < 0.05
