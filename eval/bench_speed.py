@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import re
@@ -74,7 +75,7 @@ def _peak_mib(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def race(runs: dict, repeats: int, device: torch.device) -> dict[str, dict]:
+def race(runs: dict, repeats: int, device: torch.device, clock=time.perf_counter) -> dict[str, dict]:
     """Time each of `runs` (name -> callable) in `repeats` rounds after one warm-up round, in alternating order
     (forward, then backward), so that paired runs see the same machine load. Per name: the time of each round
     (`times`), the best time (`seconds`), the peak memory in MiB and the last result."""
@@ -84,10 +85,10 @@ def race(runs: dict, repeats: int, device: torch.device) -> dict[str, dict]:
         for name in names if round_index % 2 else names[::-1]:
             _sync(device)
             _reset_peak(device)
-            start = time.perf_counter()
+            start = clock()
             result = runs[name]()
             _sync(device)
-            seconds = time.perf_counter() - start
+            seconds = clock() - start
             entry = results[name]
             entry["result"] = result
             if round_index:  # round 0 warms up
@@ -151,7 +152,7 @@ def _throughput(rows: int, entry: dict) -> dict:
             "peak_mib": entry["peak_mib"]}
 
 
-def bench_think_and_embed(path: str, processor, args, device, dtype) -> list[dict]:
+def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> list[dict]:
     """Per head: generate only, single pass and two pass, on one left-padded batch of `args.batch` prompts."""
     rows = reasoner_rows(args.batch, random.Random(args.seed))
     batch = processor.process_reasoner_inputs(rows, task_type="vqa").to(device)
@@ -177,7 +178,7 @@ def bench_think_and_embed(path: str, processor, args, device, dtype) -> list[dic
             runs = {"generate": lambda model=model: model.vlm.generate(**batch, **tokens),
                     "single": lambda model=model: model.generate_and_embed(**batch, **tokens).embeddings,
                     "two_pass": two_pass}
-            result = race(runs, args.repeats, device)
+            result = race(runs, args.repeats, device, clock)
         diff = (result["single"]["result"].float() - result["two_pass"]["result"].float()).abs().max().item()
         records.append({"head": head, "max_abs_diff": diff,
                         **{name: _throughput(len(rows), entry) for name, entry in result.items()},
@@ -187,7 +188,7 @@ def bench_think_and_embed(path: str, processor, args, device, dtype) -> list[dic
     return records
 
 
-def bench_encoding(path: str, processor, args, device, dtype) -> dict:
+def bench_encoding(path: str, processor, args, device, dtype, clock) -> dict:
     """Bucketed against naive fixed-order batching, on `args.encode_rows` mixed-length embedder rows."""
     model = TTEForEmbedding.from_backbone(path, dtype=dtype).to(device).eval()
     rows = encoding_rows(args.encode_rows, processor.tokenizer, random.Random(args.seed))
@@ -195,14 +196,14 @@ def bench_encoding(path: str, processor, args, device, dtype) -> dict:
     runs = {"naive": Encoder(model, processor, batch_size=args.encode_batch, device=device, bucket=False),
             "bucketed": Encoder(model, processor, batch_size=args.encode_batch, device=device)}
     result = race({name: lambda encoder=encoder: encoder.encode(rows, "query") for name, encoder in runs.items()},
-                  args.repeats, device)
+                  args.repeats, device, clock)
     diff = (result["bucketed"]["result"] - result["naive"]["result"]).abs().max().item()
     return {"rows": len(rows), "min_tokens": min(lengths), "max_tokens": max(lengths), "max_abs_diff": diff,
             **{name: _throughput(len(rows), entry) for name, entry in result.items()},
             "bucketed/naive": ratio(result, "naive", "bucketed")}
 
 
-def bench_generation(path: str, processor, args, device, dtype) -> dict:
+def bench_generation(path: str, processor, args, device, dtype, clock) -> dict:
     """`LocalBackend` with `args.gen_batch` rows per `generate` against one row at a time."""
     from transformers import AutoModelForImageTextToText
 
@@ -213,7 +214,7 @@ def bench_generation(path: str, processor, args, device, dtype) -> dict:
     requests = [ECRRequest("bench", str(index), "query", row, "vqa") for index, row in enumerate(rows)]
     runs = {"sequential": lambda: [backend.generate([request])[0] for request in requests],
             "batched": lambda: backend.generate(requests)}
-    result = race(runs, args.repeats, device)
+    result = race(runs, args.repeats, device, clock)
     texts = [[out.text for out in result[name]["result"]] for name in runs]
     return {"rows": len(rows), "ecr_tokens": [out.num_tokens for out in result["batched"]["result"]],
             "same_texts": texts[0] == texts[1],
@@ -268,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gen-batch", type=int, default=16, help="rows per batched ECR generate")
     parser.add_argument("--skip", nargs="*", default=[], choices=["think_and_embed", "encoding", "generation"])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (best counts), after one warm-up")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="wall-clock time, or this process's CPU time (CPU only: steadier on a shared machine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -276,33 +279,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def describe(args, depth: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """The settings and the machine, for the JSON record and the table's heading."""
+    model = args.model or f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers)"
+    settings = {**vars(args), "model": model, "depth": depth, "dtype": str(dtype)}
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    heading = (f"{model} on {machine['device']} ({machine['torch_threads']} torch threads, {os.cpu_count()} cores), "
+               f"{dtype}; self_init copies {args.num_head_layers} of {depth} layers; {args.gen_tokens} generated "
+               f"tokens; think-and-embed batch {args.batch}; {args.repeats} paired rounds, {args.clock} clock")
+    return {"settings": settings, "machine": machine, "heading": heading}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "process" and device.type != "cpu":
+        raise ValueError("--clock process measures CPU time: use it with --device cpu")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    benches = {"think_and_embed": bench_think_and_embed, "encoding": bench_encoding, "generation": bench_generation}
     with tempfile.TemporaryDirectory() as scratch:
         path = args.model or tiny_model(scratch, args.hidden_size, args.num_layers)
         processor = TTEProcessor.from_backbone(path)
         depth = AutoConfig.from_pretrained(path).get_text_config().num_hidden_layers
         args.num_head_layers = args.num_head_layers or max(1, round(depth * 8 / 28))
-        results = {"settings": {**vars(args), "model": args.model or f"tiny qwen2_vl (hidden {args.hidden_size}, "
-                                f"{args.num_layers} layers)", "depth": depth, "dtype": str(dtype)},
-                   "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
-                   "think_and_embed": []}
-        if "think_and_embed" not in args.skip:
-            results["think_and_embed"] = bench_think_and_embed(path, processor, args, device, dtype)
-        if "encoding" not in args.skip:
-            results["encoding"] = bench_encoding(path, processor, args, device, dtype)
-        if "generation" not in args.skip:
-            results["generation"] = bench_generation(path, processor, args, device, dtype)
-    settings = results["settings"]
-    print(f"{settings['model']} on {results['machine']['device']} ({results['machine']['torch_threads']} threads), "
-          f"{dtype}; self_init copies {args.num_head_layers} of {depth} layers; {args.gen_tokens} generated tokens, "
-          f"think-and-embed batch {args.batch}; ratios: median of {args.repeats} paired rounds")
+        results = {**describe(args, depth, dtype, device), "think_and_embed": []}
+        for name, bench in benches.items():
+            if name not in args.skip:
+                results[name] = bench(path, processor, args, device, dtype, clock)
+    print(results["heading"])
     print(table(results))
     Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")

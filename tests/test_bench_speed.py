@@ -12,7 +12,8 @@ def test_benchmark_runs_and_fast_paths_match_their_baselines(tmp_path, capsys):
     out = tmp_path / "bench.json"
     results = bench_speed.main(["--hidden-size", "32", "--num-layers", "2", "--gen-tokens", "4", "--batch", "3",
                                 "--encode-rows", "6", "--encode-batch", "2", "--gen-batch", "3", "--repeats", "1",
-                                "--head", "last_token", "self_init", "--threads", "1", "--json", str(out)])
+                                "--head", "last_token", "self_init", "--threads", "1", "--clock", "process",
+                                "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results, default=str))
     assert [record["head"] for record in results["think_and_embed"]] == ["last_token", "self_init"]
     for record in results["think_and_embed"]:
