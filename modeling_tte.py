@@ -84,11 +84,6 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
 class LayerCapture:
     """Forward hooks on a decoder's layers that record what enters layer `first` (hidden state and keyword
     arguments such as rotary position embeddings and the attention mask) and anything the decoder adds to the
@@ -289,10 +284,14 @@ class LatentAttentionHead(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden * 4), nn.GELU(), nn.Linear(hidden * 4, hidden))
 
     def forward(self, states: BackboneStates) -> torch.Tensor:
-        hidden = states.hidden_states[self.layer]
-        latents = self.latents.to(hidden.dtype).expand(hidden.shape[0], -1, -1)
-        attended, _ = self.attention(hidden, latents, latents, need_weights=False)
-        return masked_mean(self.mlp(attended), states.attention_mask)
+        hidden, mask = states.hidden_states[self.layer], states.attention_mask.bool()
+        # each token attends to the latents on its own: all rows' real tokens form one batch (no padding, and the
+        # latents' keys and values are projected once, not once per row)
+        tokens, latents = hidden[mask][None], self.latents.to(hidden.dtype)[None]
+        attended, _ = self.attention(tokens, latents, latents, need_weights=False)
+        per_token = self.mlp(attended[0])
+        sums = per_token.new_zeros(hidden.shape[0], hidden.shape[-1]).index_add_(0, mask.nonzero()[:, 0], per_token)
+        return sums / mask.sum(1, keepdim=True).clamp(min=1).to(sums.dtype)
 
 
 class QFormerBlock(nn.Module):

@@ -37,6 +37,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from processing_tte import TASK_TYPES, TTEProcessor, parse_ecr
+from train.batching import length_sorted_batches, pad_features
 from train.ecr_store import ECRRecord, ECRStore, ecr_key, prompt_hash
 from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
 
@@ -196,7 +197,10 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
 # ---------------------------------------------------------------------------------------------------- local backend
 class LocalBackend(ReasonerBackend):
     r"""
-    A local `transformers` VLM as the reasoner: batched `generate` with left padding, stopping at end-of-turn.
+    A local `transformers` VLM as the reasoner: batched `generate` with left padding, stopping at the end-of-turn
+    token, at most `max_new_tokens` per ECR. Each prompt is processed once; the rows of one `generate` call are
+    sorted by prompt length and run in batches of `batch_size` rows of similar length (little padding), and the
+    outputs come back in request order.
 
     Args:
         model (`str` or `PreTrainedModel`): a checkpoint (hub id or folder, e.g. a distilled student) or a model.
@@ -206,11 +210,15 @@ class LocalBackend(ReasonerBackend):
         do_sample (`bool`, *optional*, defaults to `False`): greedy unless `True`; then `temperature`, `top_p`,
             `top_k` and `seed` apply.
         device (`str`, *optional*): where to run (defaults to CUDA when available); dtype (`str`, defaults `"auto"`).
+        batch_size (`int`, *optional*): rows per model `generate`; by default all rows of a `generate` call.
     """
 
     def __init__(self, model, processor: TTEProcessor | None = None, name: str | None = None,
                  max_new_tokens: int = 512, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto"):
+                 top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto",
+                 batch_size: int | None = None):
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if isinstance(model, str | Path):
             self.model_path, self.model = str(model), None
         else:
@@ -220,7 +228,7 @@ class LocalBackend(ReasonerBackend):
         self.sampling = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
         if do_sample:
             self.sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
-        self.seed, self.device, self.dtype = seed, device, dtype
+        self.seed, self.device, self.dtype, self.batch_size = seed, device, dtype, batch_size
         self.generated_rows = 0  # rows the model actually generated for (a finished job re-run adds none)
 
     def check(self) -> None:
@@ -265,21 +273,25 @@ class LocalBackend(ReasonerBackend):
         return outputs
 
     def _generate(self, prompts: list[str], media: list[dict]) -> list[tuple[str, int]]:
+        """Generate for each prompt (in its order): each row processed once, batches of rows of similar length."""
         import torch
 
-        images = [image for m in media for image in m["images"]] or None
-        videos = [video for m in media for video in m["videos"]] or None
-        inputs = self.processor(text=prompts, images=images, videos=videos, padding=True, padding_side="left",
-                                return_tensors="pt").to(self.model.device)
-        with torch.inference_mode():
-            sequences = self.model.generate(**inputs, **self.sampling, eos_token_id=self.stop_ids,
-                                            pad_token_id=self.pad_id)
+        features = [self.processor(text=[prompt], images=row_media["images"] or None,
+                                   videos=row_media["videos"] or None, return_tensors="pt")
+                    for prompt, row_media in zip(prompts, media, strict=True)]
+        lengths = [feature["input_ids"].shape[1] for feature in features]
+        results = [None] * len(prompts)
+        for indices in length_sorted_batches(lengths, self.batch_size or len(prompts)):
+            inputs = pad_features([features[i] for i in indices], self.pad_id, padding_side="left")
+            inputs = inputs.to(self.model.device)
+            with torch.inference_mode():
+                sequences = self.model.generate(**inputs, **self.sampling, eos_token_id=self.stop_ids,
+                                                pad_token_id=self.pad_id)
+            for index, new in zip(indices, sequences[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
+                end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id),
+                           len(new))
+                results[index] = (self.processor.tokenizer.decode(new[:end], skip_special_tokens=False).strip(), end)
         self.generated_rows += len(prompts)
-        results = []
-        for new in sequences[:, inputs["input_ids"].shape[1]:].tolist():
-            end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id), len(new))
-            text = self.processor.tokenizer.decode(new[:end], skip_special_tokens=False).strip()
-            results.append((text, end))
         return results
 
 
@@ -494,7 +506,7 @@ def make_backend(args: GenerateECRArguments, device: str | None = None) -> Reaso
     local_processor = TTEProcessor.from_backbone(args.processor) if args.processor else None
     return LocalBackend(args.model, local_processor, name=args.reasoner_name, max_new_tokens=args.max_new_tokens,
                         do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                        seed=args.seed, device=device, dtype=args.dtype)
+                        seed=args.seed, device=device, dtype=args.dtype, batch_size=args.batch_size)
 
 
 def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], str]]) -> Path:

@@ -1,0 +1,322 @@
+"""Speed benchmark: each fast path against its baseline, in one process, on the same inputs; prints ratios.
+
+    python -m eval.bench_speed                     # a tiny random backbone (hidden 128, 4 layers), built in a temp dir
+    python -m eval.bench_speed --model Qwen/Qwen2-VL-2B-Instruct --device cuda --head self_init qformer
+
+Each fast path and its baseline run in turns (`--repeats` rounds after a warm-up round, alternating which goes
+first); a ratio is the median over rounds of the two times of one round (robust to a machine whose load changes),
+and the seconds and rows/s columns use each one's best round. Measured:
+1. think-and-embed, single pass (`generate_and_embed`) / generate only (the same `generate` call without the head:
+   the physical floor is 1.0), per head type;
+2. two pass (generate, then embed prompt + ECR) / single pass, at `--gen-tokens` generated tokens (forced: the end
+   of turn is suppressed until then);
+3. length-bucketed encoding (`Encoder`) / naive fixed-order batching, throughput on a mixed-length set (image,
+   video and text rows with ECR of 20-500 tokens, in random order);
+4. batched ECR generation (`LocalBackend`, `--gen-batch` rows per `generate`) / one row at a time, throughput;
+5. rows/s and peak memory for each (CUDA: `torch.cuda.max_memory_allocated`; CPU: the process's peak RSS, reset
+   before each run through `/proc/self/clear_refs`).
+Each fast path is also checked against its baseline (largest embedding difference, equal ECR texts).
+The table goes to stdout, all numbers to `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoConfig
+
+from configuration_tte import HEAD_TYPES
+from eval.encode import Encoder
+from modeling_tte import TTEForEmbedding, TTEGenerationOutput, ecr_from_generation, two_pass_inputs
+from processing_tte import TTEProcessor
+from train.generate_ecr import ECRRequest, LocalBackend
+
+TARGETS = {"single/generate": ("<=", 1.10), "two-pass/single": (">=", 1.15), "bucketed/naive": (">=", 1.3),
+           "batched/sequential": (">=", 3.0)}
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "pink", "brown"]
+WORDS = ("the red circle is left of a blue square so the answer names the colour of the card above it and "
+         "counts three shapes in the frame").split()
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def race(runs: dict, repeats: int, device: torch.device, clock=time.perf_counter) -> dict[str, dict]:
+    """Time each of `runs` (name -> callable) in `repeats` rounds after one warm-up round, in alternating order
+    (forward, then backward), so that paired runs see the same machine load. Per name: the time of each round
+    (`times`), the best time (`seconds`), the peak memory in MiB and the last result."""
+    results = {name: {"times": [], "peak_mib": 0.0, "result": None} for name in runs}
+    names = list(runs)
+    for round_index in range(repeats + 1):
+        for name in names if round_index % 2 else names[::-1]:
+            _sync(device)
+            _reset_peak(device)
+            start = clock()
+            result = runs[name]()
+            _sync(device)
+            seconds = clock() - start
+            entry = results[name]
+            entry["result"] = result
+            if round_index:  # round 0 warms up
+                entry["times"].append(seconds)
+                entry["peak_mib"] = max(entry["peak_mib"], _peak_mib(device))
+    for entry in results.values():
+        entry["seconds"] = min(entry["times"])
+    return results
+
+
+def ratio(results: dict, numerator: str, denominator: str) -> float:
+    """The median over rounds of `numerator`'s time / `denominator`'s time in the same round."""
+    pairs = zip(results[numerator]["times"], results[denominator]["times"], strict=True)
+    return statistics.median(top / bottom for top, bottom in pairs)
+
+
+# --------------------------------------------------------------------------------------------------- inputs
+def reasoner_rows(count: int, rng: random.Random) -> list[dict]:
+    """Generation prompts: images of several sizes, a short video, and text-only rows."""
+    rows = []
+    for index in range(count):
+        colour = COLOURS[index % len(COLOURS)]
+        kind = index % 4
+        if kind == 3:
+            rows.append({"text": f"a {colour} card " + " ".join(rng.choices(WORDS, k=rng.randint(3, 30)))})
+        elif kind == 2:
+            rows.append({"video": [Image.new("RGB", (112, 112), c) for c in COLOURS[:4]], "text": "what happens"})
+        else:
+            size = rng.choice([(224, 224), (224, 168), (168, 224), (192, 192)])
+            rows.append({"image": Image.new("RGB", size, colour), "text": f"what is on the {colour} card?"})
+    return rows
+
+
+def encoding_rows(count: int, tokenizer, rng: random.Random) -> list[dict]:
+    """Embedder rows (image, video, text) with ECR of 20-500 tokens, in random order."""
+    rows = []
+    for index, base in enumerate(reasoner_rows(count, rng)):
+        length = rng.randint(20, 500)
+        words = " ".join(rng.choices(WORDS, k=length))
+        think = tokenizer.decode(tokenizer(words, add_special_tokens=False)["input_ids"][:length - 8])
+        rows.append(dict(base, ecr=f"<think>{think}</think> Answer: {COLOURS[index % len(COLOURS)]}"))
+    rng.shuffle(rows)
+    return rows
+
+
+def tiny_model(folder: str, hidden_size: int, num_layers: int) -> str:
+    """A tiny random Qwen2-VL whose processor keeps images up to 224x224 pixels (196 tokens, about what Qwen2-VL-2B
+    gives a 392 px image; the test checkpoints cap images at 16 tokens)."""
+    from train.tiny_backbone import write_tiny_backbone
+
+    path = write_tiny_backbone(folder, "qwen2_vl", hidden_size=hidden_size, num_layers=num_layers)
+    processor = TTEProcessor.from_backbone(str(path))
+    processor.image_processor.size = {"shortest_edge": 256, "longest_edge": 224 * 224}
+    processor.backbone.save_pretrained(path)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks
+def _throughput(rows: int, entry: dict) -> dict:
+    return {"seconds": entry["seconds"], "times": entry["times"], "rows_per_s": rows / entry["seconds"],
+            "peak_mib": entry["peak_mib"]}
+
+
+def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> list[dict]:
+    """Per head: generate only, single pass and two pass, on one left-padded batch of `args.batch` prompts."""
+    rows = reasoner_rows(args.batch, random.Random(args.seed))
+    batch = processor.process_reasoner_inputs(rows, task_type="vqa").to(device)
+    prompt_length = batch["input_ids"].shape[1]
+    tokens = {"max_new_tokens": args.gen_tokens, "min_new_tokens": args.gen_tokens, "do_sample": False}
+    records = []
+    for head in args.head:
+        model = TTEForEmbedding.from_backbone(path, mode="unified", head_type=head, dtype=dtype,
+                                              num_head_layers=args.num_head_layers).to(device).eval()
+        eos = model.vlm.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos)
+        pad = model.vlm.generation_config.pad_token_id
+        pad = eos[0] if pad is None else pad
+
+        def two_pass(model=model, eos=eos, pad=pad):
+            sequences = model.vlm.generate(**batch, **tokens)
+            ecr_ids, ecr_mask = ecr_from_generation(sequences[:, prompt_length:], eos, pad)
+            mask = torch.cat([batch["attention_mask"], ecr_mask.to(batch["attention_mask"].dtype)], dim=1)
+            inputs = two_pass_inputs(batch, TTEGenerationOutput(ecr_ids=ecr_ids, attention_mask=mask))
+            return model(**inputs).embeddings
+
+        with torch.inference_mode():
+            runs = {"generate": lambda model=model: model.vlm.generate(**batch, **tokens),
+                    "single": lambda model=model: model.generate_and_embed(**batch, **tokens).embeddings,
+                    "two_pass": two_pass}
+            result = race(runs, args.repeats, device, clock)
+        diff = (result["single"]["result"].float() - result["two_pass"]["result"].float()).abs().max().item()
+        records.append({"head": head, "max_abs_diff": diff,
+                        **{name: _throughput(len(rows), entry) for name, entry in result.items()},
+                        "single/generate": ratio(result, "single", "generate"),
+                        "two-pass/single": ratio(result, "two_pass", "single")})
+        del model
+    return records
+
+
+def bench_encoding(path: str, processor, args, device, dtype, clock) -> dict:
+    """Bucketed against naive fixed-order batching, on `args.encode_rows` mixed-length embedder rows."""
+    model = TTEForEmbedding.from_backbone(path, dtype=dtype).to(device).eval()
+    rows = encoding_rows(args.encode_rows, processor.tokenizer, random.Random(args.seed))
+    lengths = [processor.process_queries([row])["input_ids"].shape[1] for row in rows]
+    runs = {"naive": Encoder(model, processor, batch_size=args.encode_batch, device=device, bucket=False),
+            "bucketed": Encoder(model, processor, batch_size=args.encode_batch, device=device)}
+    result = race({name: lambda encoder=encoder: encoder.encode(rows, "query") for name, encoder in runs.items()},
+                  args.repeats, device, clock)
+    diff = (result["bucketed"]["result"] - result["naive"]["result"]).abs().max().item()
+    return {"rows": len(rows), "min_tokens": min(lengths), "max_tokens": max(lengths), "max_abs_diff": diff,
+            **{name: _throughput(len(rows), entry) for name, entry in result.items()},
+            "bucketed/naive": ratio(result, "naive", "bucketed")}
+
+
+def bench_generation(path: str, processor, args, device, dtype, clock) -> dict:
+    """`LocalBackend` with `args.gen_batch` rows per `generate` against one row at a time."""
+    from transformers import AutoModelForImageTextToText
+
+    vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device)
+    backend = LocalBackend(vlm, processor, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch)
+    backend.check()
+    rows = reasoner_rows(args.gen_batch, random.Random(args.seed + 1))
+    requests = [ECRRequest("bench", str(index), "query", row, "vqa") for index, row in enumerate(rows)]
+    runs = {"sequential": lambda: [backend.generate([request])[0] for request in requests],
+            "batched": lambda: backend.generate(requests)}
+    result = race(runs, args.repeats, device, clock)
+    texts = [[out.text for out in result[name]["result"]] for name in runs]
+    return {"rows": len(rows), "ecr_tokens": [out.num_tokens for out in result["batched"]["result"]],
+            "same_texts": texts[0] == texts[1],
+            **{name: _throughput(len(rows), entry) for name, entry in result.items()},
+            "batched/sequential": ratio(result, "sequential", "batched")}
+
+
+# ------------------------------------------------------------------------------------------------- reporting
+def _line(name: str, ratio_name: str, ratio: float, baseline: dict, fast: dict, check: str) -> str:
+    op, target = TARGETS[ratio_name]
+    met = ratio <= target if op == "<=" else ratio >= target
+    return (f"| {name} | {ratio_name} | **{ratio:.2f}** | {op} {target} {'yes' if met else 'NO'} | "
+            f"{baseline['seconds']:.3f} / {fast['seconds']:.3f} | {baseline['rows_per_s']:.1f} / "
+            f"{fast['rows_per_s']:.1f} | {baseline['peak_mib']:.0f} / {fast['peak_mib']:.0f} | {check} |")
+
+
+def table(results: dict) -> str:
+    """The results as a markdown table (baseline / fast path in the time, rows/s and memory columns)."""
+    lines = ["| measurement | ratio | value | target | seconds (baseline / fast) | rows/s (baseline / fast) | "
+             "peak MiB (baseline / fast) | check |", "|---|---|---|---|---|---|---|---|"]
+    for record in results["think_and_embed"]:
+        check = f"max diff {record['max_abs_diff']:.1e}"
+        lines.append(_line(f"think-and-embed `{record['head']}`", "single/generate", record["single/generate"],
+                           record["generate"], record["single"], check))
+    for record in results["think_and_embed"]:
+        lines.append(_line(f"think-and-embed `{record['head']}`", "two-pass/single", record["two-pass/single"],
+                           record["two_pass"], record["single"], f"max diff {record['max_abs_diff']:.1e}"))
+    if "encoding" in results:
+        enc = results["encoding"]
+        lines.append(_line(f"encoding {enc['rows']} rows ({enc['min_tokens']}-{enc['max_tokens']} tokens)",
+                           "bucketed/naive", enc["bucketed/naive"], enc["naive"], enc["bucketed"],
+                           f"max diff {enc['max_abs_diff']:.1e}"))
+    if "generation" in results:
+        gen = results["generation"]
+        lines.append(_line(f"ECR generation, {gen['rows']} rows", "batched/sequential", gen["batched/sequential"],
+                           gen["sequential"], gen["batched"], f"same ECR: {gen['same_texts']}"))
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a backbone VLM checkpoint (hub id or folder); default: a tiny random one")
+    parser.add_argument("--hidden-size", type=int, default=128, help="tiny backbone width (without --model)")
+    parser.add_argument("--num-layers", type=int, default=4, help="tiny backbone depth (without --model)")
+    parser.add_argument("--head", nargs="+", choices=HEAD_TYPES, default=list(HEAD_TYPES), help="heads to time")
+    parser.add_argument("--num-head-layers", type=int, default=None,
+                        help="self_init copied layers; default: the paper's 8 of 28 scaled to the depth (>= 1)")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per think-and-embed batch")
+    parser.add_argument("--gen-tokens", type=int, default=128, help="generated tokens (forced) / ECR cap")
+    parser.add_argument("--encode-rows", type=int, default=64, help="rows of the mixed-length encoding set")
+    parser.add_argument("--encode-batch", type=int, default=8, help="rows per encoding forward")
+    parser.add_argument("--gen-batch", type=int, default=16, help="rows per batched ECR generate")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["think_and_embed", "encoding", "generation"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (best counts), after one warm-up")
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="wall-clock time, or this process's CPU time (CPU only: steadier on a shared machine)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default="bench_speed.json", help="where to write all numbers")
+    return parser.parse_args(argv)
+
+
+def describe(args, depth: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """The settings and the machine, for the JSON record and the table's heading."""
+    model = args.model or f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers)"
+    settings = {**vars(args), "model": model, "depth": depth, "dtype": str(dtype)}
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    heading = (f"{model} on {machine['device']} ({machine['torch_threads']} torch threads, {os.cpu_count()} cores), "
+               f"{dtype}; self_init copies {args.num_head_layers} of {depth} layers; {args.gen_tokens} generated "
+               f"tokens; think-and-embed batch {args.batch}; {args.repeats} paired rounds, {args.clock} clock")
+    return {"settings": settings, "machine": machine, "heading": heading}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.clock == "process" and device.type != "cpu":
+        raise ValueError("--clock process measures CPU time: use it with --device cpu")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    benches = {"think_and_embed": bench_think_and_embed, "encoding": bench_encoding, "generation": bench_generation}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = args.model or tiny_model(scratch, args.hidden_size, args.num_layers)
+        processor = TTEProcessor.from_backbone(path)
+        depth = AutoConfig.from_pretrained(path).get_text_config().num_hidden_layers
+        args.num_head_layers = args.num_head_layers or max(1, round(depth * 8 / 28))
+        results = {**describe(args, depth, dtype, device), "think_and_embed": []}
+        for name, bench in benches.items():
+            if name not in args.skip:
+                results[name] = bench(path, processor, args, device, dtype, clock)
+    print(results["heading"])
+    print(table(results))
+    Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
