@@ -1,9 +1,10 @@
 """ECR generation: a reasoner writes embedding-centric reasoning for MMEB rows into an ECR store.
 
-Two backends: a local `transformers` model (`LocalBackend`: batched, left-padded `generate`, greedy by default) and
-any OpenAI-compatible chat-completions server (`OpenAIBackend`: `vllm serve`, SGLang, TGI, `transformers serve`),
-which is how a 72B teacher is run. Records are appended as batches finish, so a killed job restarted with the same
-arguments skips what is done and finishes the rest; a finished job re-run does no model work.
+Two backends (in `train.reasoner_backends`): a local `transformers` model (`LocalBackend`: batched, left-padded
+`generate`, greedy by default) and any OpenAI-compatible chat-completions server (`OpenAIBackend`: `vllm serve`,
+SGLang, TGI, `transformers serve`), which is how a 72B teacher is run. Records are appended as batches finish, so a
+killed job restarted with the same arguments skips what is done and finishes the rest; a finished job re-run does
+no model work.
 
 Teacher ECR over a dataset with a served model (one process; add `accelerate launch` to shard a local model):
 
@@ -23,69 +24,26 @@ The exit status is 1 when any row failed (each is listed with its id and reason,
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
-import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from processing_tte import TASK_TYPES, TTEProcessor, parse_ecr
-from train.batching import length_sorted_batches, pad_features
-from train.ecr_store import ECRRecord, ECRStore, ecr_key, prompt_hash
+from processing_tte import TTEProcessor, parse_ecr
+from train.ecr_store import ECRRecord, ECRStore
 from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
+from train.reasoner_backends import (
+    ECRRequest,
+    LocalBackend,
+    OpenAIBackend,
+    ReasonerBackend,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ECRRequest:
-    r"""
-    One row to reason about.
-
-    Args:
-        dataset (`str`), row_id (`str`), side (`str`): the store key; `side` is `"query"` or `"target"`.
-        row (`dict`): a `TTEProcessor` row (`image`, `video`, `text`, `instruction`).
-        task_type (`str`): one of `processing_tte.TASK_TYPES`; picks the reasoner prompt.
-        hint (`str`, *optional*): the ground-truth target, for teacher runs on training data only.
-    """
-
-    dataset: str
-    row_id: str
-    side: str
-    row: dict
-    task_type: str
-    hint: str | None = None
-
-    def __post_init__(self):
-        self.row_id = str(self.row_id)
-        ecr_key(self.dataset, self.row_id, self.side)  # validates the side
-        if self.task_type not in TASK_TYPES:
-            raise ValueError(f"{self.where}: task_type must be one of {list(TASK_TYPES)}, got {self.task_type!r}")
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return ecr_key(self.dataset, self.row_id, self.side)
-
-    @property
-    def where(self) -> str:
-        return f"{self.dataset}/{self.row_id}/{self.side}"
-
-
-@dataclass
-class GenerationOutput:
-    """What a backend made of one request: the ECR text and its length in tokens, or an error."""
-
-    text: str | None = None
-    num_tokens: int = 0
-    prompt_hash: str | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -116,30 +74,6 @@ class GenerationReport:
                  f" mean ECR length {self.mean_ecr_tokens:.1f} tokens; {self.rows_per_second:.2f} rows/s"]
         lines += [f"  FAILED {'/'.join(key)}: {reason}" for key, reason in self.failures]
         return "\n".join(lines)
-
-
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
-class ReasonerBackend:
-    """Common part of the backends: turns a request into the reasoner's chat prompt with a `TTEProcessor`."""
-
-    name: str
-    processor: TTEProcessor
-
-    def check(self) -> None:
-        """Fail early (load the model, reach the server); called once before the first `generate`."""
-
-    def prepare(self, request: ECRRequest) -> tuple[list[dict], dict, str]:
-        """The chat messages, media and prompt text of `request` (raises errors that name the row)."""
-        messages, media = self.processor.reasoner_messages(request.row, request.task_type, request.side,
-                                                           request.hint, where=request.where)
-        prompt = self.processor.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return messages, media, prompt
-
-    def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
-        raise NotImplementedError
 
 
 def _chunks(items: list, size: int):
@@ -195,235 +129,6 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
 
 
 # ---------------------------------------------------------------------------------------------------- local backend
-class LocalBackend(ReasonerBackend):
-    r"""
-    A local `transformers` VLM as the reasoner: batched `generate` with left padding, stopping at the end-of-turn
-    token, at most `max_new_tokens` per ECR. Each prompt is processed once; the rows of one `generate` call are
-    sorted by prompt length and run in batches of `batch_size` rows of similar length (little padding), and the
-    outputs come back in request order.
-
-    Args:
-        model (`str` or `PreTrainedModel`): a checkpoint (hub id or folder, e.g. a distilled student) or a model.
-        processor (`TTEProcessor`, *optional*): defaults to `TTEProcessor.from_backbone(model)`.
-        name (`str`, *optional*): the reasoner's name in the records (defaults to the checkpoint path).
-        max_new_tokens (`int`, *optional*, defaults to 512): longest ECR.
-        do_sample (`bool`, *optional*, defaults to `False`): greedy unless `True`; then `temperature`, `top_p`,
-            `top_k` and `seed` apply.
-        device (`str`, *optional*): where to run (defaults to CUDA when available); dtype (`str`, defaults `"auto"`).
-        batch_size (`int`, *optional*): rows per model `generate`; by default all rows of a `generate` call.
-    """
-
-    def __init__(self, model, processor: TTEProcessor | None = None, name: str | None = None,
-                 max_new_tokens: int = 512, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto",
-                 batch_size: int | None = None):
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if isinstance(model, str | Path):
-            self.model_path, self.model = str(model), None
-        else:
-            self.model_path, self.model = getattr(model, "name_or_path", type(model).__name__), model
-        self.name = name or self.model_path
-        self.processor = processor
-        self.sampling = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
-        if do_sample:
-            self.sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
-        self.seed, self.device, self.dtype, self.batch_size = seed, device, dtype, batch_size
-        self.generated_rows = 0  # rows the model actually generated for (a finished job re-run adds none)
-
-    def check(self) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, set_seed
-
-        if self.processor is None:
-            self.processor = TTEProcessor.from_backbone(self.model_path)
-        if self.model is None:
-            self.model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=self.dtype)
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            self.model.to(device)
-        self.model.eval()
-        tokenizer = self.processor.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.stop_ids = sorted({tokenizer.eos_token_id, *eos} - {None})
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        set_seed(self.seed)
-
-    def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
-        outputs, ready = [], []
-        for request in requests:
-            try:
-                _, media, prompt = self.prepare(request)
-                outputs.append(GenerationOutput(prompt_hash=prompt_hash(prompt)))
-                ready.append((len(outputs) - 1, prompt, media))
-            except (ValueError, FileNotFoundError, OSError) as error:
-                outputs.append(GenerationOutput(error=_error_text(error)))
-        if not ready:
-            return outputs
-        try:
-            texts = self._generate([prompt for _, prompt, _ in ready], [media for _, _, media in ready])
-        except Exception as error:  # noqa: BLE001 - reported per row; a lone row cannot be split further
-            if len(ready) == 1:
-                outputs[ready[0][0]] = GenerationOutput(error=_error_text(error))
-                return outputs
-            logger.warning(f"A batch of {len(ready)} failed ({_error_text(error)}); retrying its rows one by one")
-            return [self.generate([request])[0] for request in requests]
-        for (index, _, _), (text, num_tokens) in zip(ready, texts, strict=True):
-            outputs[index].text, outputs[index].num_tokens = text, num_tokens
-        return outputs
-
-    def _generate(self, prompts: list[str], media: list[dict]) -> list[tuple[str, int]]:
-        """Generate for each prompt (in its order): each row processed once, batches of rows of similar length."""
-        import torch
-
-        features = [self.processor(text=[prompt], images=row_media["images"] or None,
-                                   videos=row_media["videos"] or None, return_tensors="pt")
-                    for prompt, row_media in zip(prompts, media, strict=True)]
-        lengths = [feature["input_ids"].shape[1] for feature in features]
-        results = [None] * len(prompts)
-        for indices in length_sorted_batches(lengths, self.batch_size or len(prompts)):
-            inputs = pad_features([features[i] for i in indices], self.pad_id, padding_side="left")
-            inputs = inputs.to(self.model.device)
-            with torch.inference_mode():
-                sequences = self.model.generate(**inputs, **self.sampling, eos_token_id=self.stop_ids,
-                                                pad_token_id=self.pad_id)
-            for index, new in zip(indices, sequences[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
-                end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id),
-                           len(new))
-                results[index] = (self.processor.tokenizer.decode(new[:end], skip_special_tokens=False).strip(), end)
-        self.generated_rows += len(prompts)
-        return results
-
-
-# --------------------------------------------------------------------------------------------- OpenAI-compatible
-def _data_url(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def openai_messages(messages: list[dict], media: dict) -> list[dict]:
-    """`TTEProcessor` chat messages with their media as OpenAI content parts (images as base64 PNG data URLs;
-    a video as its frames, one image part each, since chat completions have no standard video part)."""
-    images, videos = iter(media["images"]), iter(media["videos"])
-    converted = []
-    for message in messages:
-        parts = []
-        for part in message["content"]:
-            if part["type"] == "image":
-                parts.append({"type": "image_url", "image_url": {"url": _data_url(next(images))}})
-            elif part["type"] == "video":
-                parts += [{"type": "image_url", "image_url": {"url": _data_url(frame)}} for frame in next(videos)]
-            else:
-                parts.append({"type": "text", "text": part["text"]})
-        converted.append({"role": message["role"], "content": parts})
-    return converted
-
-
-_TRANSIENT_STATUS = {408, 409, 429}
-
-
-class OpenAIBackend(ReasonerBackend):
-    r"""
-    An OpenAI-compatible chat-completions server as the reasoner (`vllm serve`, SGLang, TGI, `transformers serve`).
-
-    Requests run concurrently (at most `max_concurrency` in flight); connection errors, timeouts, 408/409/429 and
-    5xx answers are retried with exponential backoff and jitter, up to `max_retries` times, and then reported as
-    that row's failure. A bad URL raises `ConnectionError`, a model the server does not serve `ValueError`, both
-    before any row is sent.
-
-    Args:
-        base_url (`str`): the API base, e.g. `"http://localhost:8000/v1"`.
-        model (`str`): the served model's name (`vllm serve Qwen/Qwen2.5-VL-72B-Instruct` serves that name).
-        processor (`TTEProcessor` or `str`): builds the prompts (and their hash); a hub id or folder is loaded
-            with `TTEProcessor.from_backbone`. Use the served model's own processor.
-        api_key (`str`, *optional*, defaults to `"EMPTY"`): sent as the bearer token.
-        name (`str`, *optional*): the reasoner's name in the records (defaults to `model`).
-        max_new_tokens (`int`, *optional*, defaults to 512), temperature (`float`, defaults to 0: greedy),
-        top_p (`float`, *optional*), seed (`int`, *optional*): sampling settings sent with each request.
-        max_concurrency (`int`, defaults to 8), max_retries (`int`, defaults to 5), backoff (`float`, seconds,
-        defaults to 1.0), timeout (`float`, seconds per request, defaults to 600).
-    """
-
-    def __init__(self, base_url: str, model: str, processor: TTEProcessor | str, api_key: str = "EMPTY",
-                 name: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0,
-                 top_p: float | None = None, seed: int | None = None, max_concurrency: int = 8,
-                 max_retries: int = 5, backoff: float = 1.0, timeout: float = 600.0):
-        import openai
-
-        if max_concurrency < 1 or max_retries < 0:
-            raise ValueError(f"max_concurrency must be >= 1 and max_retries >= 0, got {max_concurrency}, {max_retries}")
-        self.base_url, self.model_name, self.name = base_url, model, name or model
-        self.processor = TTEProcessor.from_backbone(processor) if isinstance(processor, str) else processor
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-        self.sampling = {"max_tokens": max_new_tokens, "temperature": temperature}
-        self.sampling.update({k: v for k, v in {"top_p": top_p, "seed": seed}.items() if v is not None})
-        self.max_concurrency, self.max_retries, self.backoff = max_concurrency, max_retries, backoff
-        self.requests_sent = 0
-
-    def _with_retries(self, call, what: str):
-        """Run `call()`, retrying transient failures with exponential backoff; re-raises the last error."""
-        import openai
-
-        for attempt in range(self.max_retries + 1):
-            try:
-                return call()
-            except openai.APIStatusError as error:
-                if error.status_code not in _TRANSIENT_STATUS and error.status_code < 500:
-                    raise
-                last = error
-            except openai.APIConnectionError as error:  # includes timeouts
-                last = error
-            if attempt < self.max_retries:
-                delay = self.backoff * 2**attempt * (1 + random.random() / 2)
-                logger.warning(f"{what}: {_error_text(last)}; retry {attempt + 1}/{self.max_retries} in {delay:.1f}s")
-                time.sleep(delay)
-        raise last
-
-    def check(self) -> None:
-        import openai
-
-        try:
-            served = [model.id for model in self._with_retries(self.client.models.list, "listing models")]
-        except openai.APIConnectionError as error:
-            raise ConnectionError(f"Cannot reach an OpenAI-compatible server at {self.base_url!r} ({error}). Is it "
-                                  "running (e.g. `vllm serve ...`), and is the URL its API base (usually .../v1)?") \
-                from error
-        except openai.APIStatusError as error:
-            raise ConnectionError(f"{self.base_url!r} answered {error.status_code} to GET /models: not the base URL "
-                                  "of an OpenAI-compatible API (usually http://host:port/v1)") from error
-        if self.model_name in served:
-            return
-        try:  # some servers load models on demand and list only loaded ones: ask once with a 1-token request
-            self._with_retries(lambda: self.client.chat.completions.create(
-                model=self.model_name, messages=[{"role": "user", "content": "Hi"}], max_tokens=1), "probing")
-        except openai.APIStatusError as error:
-            raise ValueError(f"The server at {self.base_url!r} does not serve model {self.model_name!r} (it lists "
-                             f"{served}); it answered {error.status_code}: {error.message}") from error
-
-    def _one(self, request: ECRRequest) -> GenerationOutput:
-        try:
-            messages, media, prompt = self.prepare(request)
-        except (ValueError, FileNotFoundError, OSError) as error:
-            return GenerationOutput(error=_error_text(error))
-        body = openai_messages(messages, media)
-        try:
-            response = self._with_retries(lambda: self.client.chat.completions.create(
-                model=self.model_name, messages=body, **self.sampling), request.where)
-        except Exception as error:  # noqa: BLE001 - any server failure becomes this row's reported failure
-            return GenerationOutput(error=f"server error after {self.max_retries} retries: {_error_text(error)}")
-        text = (response.choices[0].message.content or "").strip()
-        tokens = response.usage.completion_tokens if response.usage else len(
-            self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return GenerationOutput(text=text, num_tokens=tokens, prompt_hash=prompt_hash(prompt))
-
-    def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
-        self.requests_sent += len(requests)
-        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
 @dataclass
 class GenerateECRArguments:
     r"""
@@ -557,3 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["ECRRequest", "GenerationReport", "LocalBackend", "OpenAIBackend", "ReasonerBackend", "main",
+           "run_generation"]
