@@ -122,3 +122,18 @@ def test_target_ids_are_equal_exactly_for_equal_targets(toy, processor):
     same = [dict(rows[0], row_id="a"), dict(rows[0], row_id="b"), dict(rows[0], row_id="c", pos_text="other")]
     ids = TTEContrastiveCollator(processor)(same)["target_ids"].tolist()
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_generation_and_training_key_rows_alike(tmp_path):
+    from train.data import DatasetSpec
+    from train.mmeb_data import MMEBDatasetConfig, load_mmeb_pairs
+
+    rows = [{"id": f"q{i}", "qry": f"question {i} <|image_2|>", "qry_image_path": "a.png", "pos_text": f"answer {i}",
+             "pos_image_path": ""} for i in range(3)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    pairs = load_mmeb_pairs(MMEBDatasetConfig(name="d", path=str(path)), image_root=str(tmp_path))
+    train = load_mmeb_train([DatasetSpec(name="d", path=str(path))], image_root=str(tmp_path))
+    assert [p.row_id for p in pairs] == list(train["row_id"]) == ["q0", "q1", "q2"]
+    assert pairs[1].query == {"text": "question 1", "image": str(tmp_path / "a.png")} and train[1]["qry_text"] == \
+        "question 1"

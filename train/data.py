@@ -9,7 +9,8 @@ MMEB-train (`TIGER-Lab/MMEB-train`) has one subset per source dataset with the c
 
 with the placeholder removed from the text and the image path made absolute: `TTEProcessor` puts the image (and so
 the backbone's own image token) into the chat where the backbone expects it. `row_id` is the row's index in its
-subset/split before any cap or shuffle, which is how the ECR store keys training rows.
+subset/split before any cap or shuffle (or its `id` column when it has one), which is how the ECR store keys
+training rows; `train.mmeb_data` reads rows the same way for ECR generation and distillation.
 
 Write a toy MMEB-format set (images, JSON-lines subsets and an ECR store) for the tiny CPU recipe:
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 IMAGE_PLACEHOLDER = "<|image_1|>"
+PLACEHOLDERS = re.compile(r"<\|image_\d+\|>")  # <|image_1|>, <|image_2|>, ...
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 SIDES = (("qry", "qry", "qry_image_path"), ("pos", "pos_text", "pos_image_path"), ("neg", "neg_text", "neg_image_path"))
 COLUMNS = ["dataset", "row_id", "qry_text", "qry_image", "pos_text", "pos_image", "neg_text", "neg_image"]
 
@@ -92,13 +96,20 @@ def load_dataset_specs(source: str | os.PathLike | Sequence[dict]) -> list[Datas
     return specs
 
 
-def _load_raw(spec: DatasetSpec) -> datasets.Dataset:
-    path = Path(spec.path)
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if path.is_file() and suffix in (".jsonl", ".json", ".parquet"):
-        builder = "parquet" if suffix == ".parquet" else "json"
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    return datasets.load_dataset(spec.path, spec.subset or spec.name, split=spec.split)
+def read_table(path: str, subset: str | None, split: str) -> datasets.Dataset:
+    """An MMEB-format table from a local `.jsonl`/`.json`/`.parquet`/`.csv`/`.arrow` file or a hub dataset."""
+    file = Path(path)
+    if file.is_file():
+        suffix = file.suffix.lower()
+        if suffix not in FILE_BUILDERS:
+            raise ValueError(f"unsupported data file type {suffix!r} ({path}); use one of {sorted(FILE_BUILDERS)}")
+        return datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(file), split="train")
+    return datasets.load_dataset(path, subset, split=split)
+
+
+def row_id_of(row: dict, index: int) -> str:
+    """A row's id in the ECR store: its `id` column when it has one, else its index in the subset/split."""
+    return str(row["id"]) if row.get("id") is not None else str(index)
 
 
 def _resolve_image(path: str | None, image_root: str | None) -> str:
@@ -124,11 +135,11 @@ def normalize_row(row: dict, dataset: str, row_id: str, image_root: str | None) 
         if text is not None and not isinstance(text, str):
             raise ValueError(f"{where}: field {text_column!r} must be a string, got {type(text).__name__}")
         text = text or ""
-        has_placeholder = IMAGE_PLACEHOLDER in text
+        has_placeholder = PLACEHOLDERS.search(text) is not None
         if has_placeholder and not image:
             raise ValueError(f"{where}: field {text_column!r} has an {IMAGE_PLACEHOLDER} placeholder but "
                              f"{image_column!r} is empty")
-        text = text.replace(IMAGE_PLACEHOLDER, "").strip()
+        text = PLACEHOLDERS.sub("", text).strip()
         if image and not has_placeholder:
             logger.warning_once(f"{where}: {image_column!r} is set but {text_column!r} has no {IMAGE_PLACEHOLDER}; "
                                 "the image is used anyway")
@@ -164,10 +175,10 @@ def load_mmeb_train(specs: Sequence[DatasetSpec], image_root: str | None = None,
     """
     parts = []
     for spec in specs:
-        raw = _load_raw(spec)
+        raw = read_table(spec.path, spec.subset or spec.name, spec.split)
         root = spec.image_root or image_root
         normalised = raw.map(
-            lambda row, index, name=spec.name, root=root: normalize_row(row, name, str(index), root),
+            lambda row, index, name=spec.name, root=root: normalize_row(row, name, row_id_of(row, index), root),
             with_indices=True, remove_columns=raw.column_names, desc=f"Normalising {spec.name}",
         )
         indices = _epoch_indices(len(normalised), spec, seed)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-IMAGE_PLACEHOLDER = re.compile(r"<\|image_\d+\|>")
+from train.data import normalize_row, read_table, row_id_of
+
 REQUIRED_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
 
 @dataclass
@@ -59,32 +57,23 @@ class MMEBPair:
     negatives: list[dict] = field(default_factory=list)
 
 
-def mmeb_side(text: str | None, image_path: str | None, image_root: str | os.PathLike | None) -> dict:
-    """A `TTEProcessor` row from an MMEB text (placeholders removed) and an image path (joined to `image_root`)."""
-    row = {"text": IMAGE_PLACEHOLDER.sub("", text or "").strip()}
-    if image_path:
-        row["image"] = str(Path(image_root) / image_path) if image_root else str(image_path)
-    return row
-
-
-def _load_table(config: MMEBDatasetConfig):
-    from datasets import load_dataset
-
-    suffix = Path(config.path).suffix.lower()
-    if Path(config.path).is_file() and suffix in _FILE_BUILDERS:
-        return load_dataset(_FILE_BUILDERS[suffix], data_files=config.path, split="train")
-    if Path(config.path).exists() and not Path(config.path).is_dir():
-        raise ValueError(f"dataset {config.name!r}: unsupported file type {suffix!r} ({config.path})")
-    return load_dataset(config.path, config.subset, split=config.split)
+def _side(row: dict, prefix: str) -> dict:
+    """The `TTEProcessor` row of one side (`qry`, `pos`, `neg`) of a normalised training row."""
+    side = {"text": row[f"{prefix}_text"]}
+    if row[f"{prefix}_image"]:
+        side["image"] = row[f"{prefix}_image"]
+    return side
 
 
 def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | None = None) -> list[MMEBPair]:
-    """Read an MMEB-format dataset into `MMEBPair`s; the row id is the `id` column if present, else the row index.
+    """Read an MMEB-format dataset into `MMEBPair`s, through the same table reading and row normalisation as
+    training (`train.data`), so ECR is keyed exactly as the trainer looks it up: the row id is the `id` column if
+    present, else the row index.
 
     Raises:
-        `ValueError`: a required column is missing, or a row has neither text nor image on one side.
+        `ValueError`: a required column is missing, or a row is malformed (named by dataset, row and field).
     """
-    table = _load_table(config)
+    table = read_table(config.path, config.subset, config.split)
     missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
     if missing:
         raise ValueError(f"dataset {config.name!r} ({config.path}) lacks the MMEB columns {missing}; "
@@ -93,17 +82,10 @@ def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | N
         table = table.select(range(min(config.max_rows, len(table))))
     root = config.image_root or image_root
     pairs = []
-    for index, row in enumerate(table):
-        row_id = str(row["id"]) if "id" in row and row["id"] is not None else str(index)
-        query = mmeb_side(row["qry"], row["qry_image_path"], root)
-        target = mmeb_side(row["pos_text"], row["pos_image_path"], root)
-        for side, side_row in (("query", query), ("target", target)):
-            if not side_row["text"] and "image" not in side_row:
-                raise ValueError(f"dataset {config.name!r} row {row_id}: the {side} has neither text nor an image")
-        negatives = []
-        if row.get("neg_text") or row.get("neg_image_path"):
-            negatives.append(mmeb_side(row.get("neg_text"), row.get("neg_image_path"), root))
-        pairs.append(MMEBPair(config.name, row_id, query, target, negatives))
+    for index, raw in enumerate(table):
+        row = normalize_row(raw, config.name, row_id_of(raw, index), None if root is None else str(root))
+        negatives = [_side(row, "neg")] if row["neg_text"] or row["neg_image"] else []
+        pairs.append(MMEBPair(config.name, row["row_id"], _side(row, "qry"), _side(row, "pos"), negatives))
     return pairs
 
 
@@ -124,4 +106,4 @@ def dataset_config(spec) -> MMEBDatasetConfig:
     return spec
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "MMEBDatasetConfig", "MMEBPair", "dataset_config", "load_mmeb_pairs", "mmeb_side"]
+__all__ = ["MMEBDatasetConfig", "MMEBPair", "dataset_config", "load_mmeb_pairs"]
