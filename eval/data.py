@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.tasks import TaskSpec
+from processing_tte import IMAGE_SUFFIXES
+from train.data import PLACEHOLDERS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-IMAGE_TOKENS = ("<|image_1|>", "<image>")
+IMAGE_TOKENS = ("<image>",)  # besides MMEB's <|image_N|> placeholders (train.data.PLACEHOLDERS)
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TaskDataError(ValueError):
 
 def clean_text(text) -> str:
     """Text without MMEB's inline image placeholders."""
-    text = "" if text is None else str(text)
+    text = PLACEHOLDERS.sub("", "" if text is None else str(text))
     for token in IMAGE_TOKENS:
         text = text.replace(token, "")
     return text.strip()

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from eval.data import candidate_name
 from eval.synthetic.scenes import Card, Scene
 from eval.synthetic.tasks import TASKS, teach_target
 from eval.synthetic.write import train_dataset_name, write_benchmark
@@ -61,8 +62,7 @@ def test_written_benchmark_is_deterministic_and_complete(tmp_path):
         for i, row in enumerate(rows):
             assert store.get(name, i, "query") is not None
             for text, path in zip(row["tgt_text"], row["tgt_img_path"], strict=True):
-                candidate = f"{path}:{text}" if path and text else (path or text)
-                assert store.get(name, candidate, "target") is not None
+                assert store.get(name, candidate_name(text, path or None), "target") is not None
                 assert not path or (first / "eval" / path).is_file()
         for i in range(5):
             for side in ("query", "target"):

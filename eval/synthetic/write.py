@@ -18,6 +18,7 @@ import json
 import random
 from pathlib import Path
 
+from eval.data import candidate_name
 from eval.synthetic.scenes import render_card
 from eval.synthetic.tasks import TASKS, Example, Target, teach_target
 from processing_tte import parse_ecr
@@ -66,8 +67,7 @@ def write_eval_task(task, examples: list[Example], root: Path) -> list[ECRRecord
                      "tgt_inst": "", "tgt_text": list(texts), "tgt_img_path": list(paths)})
         records.append(_record(task.name, str(i), "query", task.teach(example.scene, example.params)))
         for text, path, target in zip(texts, paths, example.candidates, strict=True):
-            name = f"{path}:{text}" if path and text else (path or text)
-            records.append(_record(task.name, name, "target", teach_target(target)))
+            records.append(_record(task.name, candidate_name(text, path or None), "target", teach_target(target)))
     _write_jsonl(root / f"{task.name}.jsonl", rows)
     return records
 
