@@ -1,18 +1,18 @@
-"""What a loaded MMEB task is: queries (with their labels and, for local tasks, their own candidates) and a
-deduplicated corpus of candidates, each a `TTEProcessor` row (`image`, `video`, `text`, `instruction`)."""
+"""What a loaded MMEB task is: queries (with their labels and, for local tasks, their own candidates) and the
+task's candidate pool, each a `TTEProcessor` row (`image`, `video`, `text`, `instruction`).
+
+The pool follows the reference (`generate_cand_dataset`): every row's candidates in row order, then the rest of
+the corpus, one entry per candidate *name*, the first row of a name winning. A local query keeps its candidate
+list as given, duplicates included (each takes a rank slot, as in the reference).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.tasks import TaskSpec
-from processing_tte import IMAGE_SUFFIXES
-from train.data import PLACEHOLDERS
-
-IMAGE_TOKENS = ("<image>",)  # besides MMEB's <|image_N|> placeholders (train.data.PLACEHOLDERS)
 
 
 @dataclass
@@ -23,7 +23,8 @@ class EvalQuery:
         row_id (`str`): the row's id in the task (its index, or the BEIR `query-id`); the ECR store key.
         row (`dict`): the processor row of the query.
         relevance (`dict[str, float]`): label (candidate name) -> graded relevance, pairs kept together.
-        candidates (`list[str]`, *optional*): this row's candidate names (local tasks); `None` ranks the corpus.
+        candidates (`list[str]`, *optional*): this row's candidate names in order, duplicates kept (local tasks);
+            `None` ranks the whole pool (global tasks).
     """
 
     row_id: str
@@ -34,74 +35,48 @@ class EvalQuery:
 
 @dataclass
 class TaskData:
-    """A loaded task: its queries and its deduplicated candidates (name -> processor row)."""
+    """A loaded task: its queries and its candidate pool (name -> processor row, in pool order)."""
 
     spec: TaskSpec
     queries: list[EvalQuery] = field(default_factory=list)
     corpus: dict[str, dict] = field(default_factory=dict)
 
     def add_candidate(self, name: str, row: dict) -> str:
-        """Register a candidate once per name (the first row of a name wins)."""
+        """Register a candidate once per name (the first row of a name wins) and return the name."""
         self.corpus.setdefault(name, row)
         return name
+
+    def add_query(self, row_id, row: dict, relevance: dict[str, float], candidates: list[str] | None) -> EvalQuery:
+        """Append a query; its labels must be among its candidates (local) or in the pool (global)."""
+        if not relevance:
+            raise TaskDataError(f"task {self.spec.name} row {row_id}: no gold candidate")
+        query = EvalQuery(str(row_id), row, dict(relevance), None if candidates is None else list(candidates))
+        self.queries.append(query)
+        return query
+
+    def check(self) -> TaskData:
+        """Raise when the task is empty or a label or local candidate is not in the pool."""
+        if not self.queries:
+            raise TaskDataError(f"task {self.spec.name}: no query rows")
+        for query in self.queries:
+            names = query.candidates if query.candidates is not None else []
+            unknown = [n for n in list(query.relevance) + names if n not in self.corpus]
+            if unknown:
+                raise TaskDataError(f"task {self.spec.name} row {query.row_id}: candidate(s) {unknown[:3]} are not "
+                                    f"in the candidate pool")
+        return self
 
 
 class TaskDataError(ValueError):
     """Malformed task data; the message names the task and the row."""
 
 
-def clean_text(text) -> str:
-    """Text without MMEB's inline image placeholders."""
-    text = PLACEHOLDERS.sub("", "" if text is None else str(text))
-    for token in IMAGE_TOKENS:
-        text = text.replace(token, "")
-    return text.strip()
-
-
-def candidate_name(text: str, media: str | None) -> str:
-    """MMEB candidate naming: the text, the media path, or `path:text` when a candidate has both."""
-    if media and text:
-        return f"{media}:{text}"
-    return media or text
-
-
-def resolve_media(path, root: Path | None, where: str, video: bool = False) -> Path | object:
-    """An existing image file (or, with `video`, frame folder) for `path` relative to `root`; PIL images and
-    other non-path values pass through. Raises `FileNotFoundError` naming `where`."""
-    if not isinstance(path, (str, os.PathLike)):
-        return path
+def resolve_file(root: Path | None, path, where: str, folder: bool = False) -> Path:
+    """`path` (absolute, or relative to `root`) as an existing file (or, with `folder`, directory); a
+    `FileNotFoundError` naming `where` and the full path otherwise."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise TaskDataError(f"{where}: expected a media path, got {path!r:.80}")
     full = Path(path) if root is None or Path(path).is_absolute() else Path(root) / path
-    ok = full.is_dir() if video else full.is_file()
-    if not ok:
-        kind = "video frame folder" if video else "image file"
-        raise FileNotFoundError(f"{where}: {kind} not found: {full}")
+    if not (full.is_dir() if folder else full.is_file()):
+        raise FileNotFoundError(f"{where}: {'folder' if folder else 'file'} not found: {full}")
     return full
-
-
-def sample_frames(folder: Path, num_frames: int, where: str) -> list[Path]:
-    """`num_frames` frames sampled uniformly (first and last included) from a folder of frames sorted by name;
-    all frames when the folder has fewer."""
-    frames = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not frames:
-        raise FileNotFoundError(f"{where}: video frame folder has no frames: {folder}")
-    if len(frames) <= num_frames:
-        return frames
-    if num_frames == 1:
-        return [frames[0]]
-    step = (len(frames) - 1) / (num_frames - 1)
-    return [frames[round(i * step)] for i in range(num_frames)]
-
-
-def read_records(path: Path) -> list[dict]:
-    """Rows of a `.jsonl`, `.json` (a list) or `.parquet` file."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    if suffix == ".json":
-        return json.loads(path.read_text(encoding="utf-8"))
-    if suffix == ".parquet":
-        from datasets import Dataset
-
-        return list(Dataset.from_parquet(str(path)))
-    raise ValueError(f"unsupported data file {path} (use .jsonl, .json or .parquet)")

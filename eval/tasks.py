@@ -9,7 +9,7 @@ from pathlib import Path
 
 REGISTRY_PATH = Path(__file__).with_name("mmeb_tasks.json")
 BENCHMARKS = ("mmeb_v1", "mmeb_v2", "synthetic")  # synthetic: the offline demo (eval/synthetic)
-FORMATS = ("mmeb_v1", "image", "video", "visdoc")
+FORMATS = ("image", "mmeb_v1", "video_retrieval", "video_classification", "video_qa", "moment_retrieval", "visdoc")
 MODALITIES = ("image", "video", "visdoc")
 
 
@@ -22,9 +22,14 @@ class TaskSpec:
         benchmark (`str`): `"mmeb_v1"`, `"mmeb_v2"` or `"synthetic"` (the offline demo benchmark).
         category (`str`): e.g. `"CLS"` (V1) or `"I-CLS"`, `"V-MRET"`, `"VD-ViDoRe-V2"` (V2).
         modality (`str`): `"image"`, `"video"` or `"visdoc"`.
-        format (`str`): which loader reads it: `"mmeb_v1"`, `"image"`, `"video"` or `"visdoc"`.
+        format (`str`): the loader family (`eval/mmeb/<format>.py`), one of `FORMATS`.
         eval_type (`str`): `"local"` ranks each row's own candidates, `"global"` the task's deduplicated candidates.
         task_type (`str`): the TTE reasoner prompt type (`processing_tte.TASK_TYPES`).
+        parser (`str`, *optional*): image tasks: the reference parser (`image_cls`, `image_qa`, `image_i2t`,
+            `image_t2i`, `image_i2i_vg`), which decides how queries and candidates are built and named.
+        media (`str`, *optional*): the task's media folder under the MMEB-V2 data tree (the reference YAML's
+            `image_root` / `frame_root`, e.g. `"video-tasks/frames/video_ret/MSR-VTT"`); `None` when the
+            annotations carry the media (visual documents).
         hub (`tuple`): `(dataset repo, config or None, split)` on the Hugging Face hub.
         instruction (`str`, *optional*): the query instruction when the data does not carry one.
         target_instruction (`str`, *optional*): the candidate instruction when the data does not carry one.
@@ -38,6 +43,8 @@ class TaskSpec:
     format: str
     eval_type: str
     task_type: str
+    parser: str | None = None
+    media: str | None = None
     hub: tuple = field(default=(None, None, "test"))
     instruction: str | None = None
     target_instruction: str | None = None
@@ -81,16 +88,17 @@ def get_task(name: str, benchmark: str = "mmeb_v2") -> TaskSpec:
     return tasks[name]
 
 
-def select_tasks(names: list[str] | None = None, category: str | None = None,
-                 benchmark: str = "mmeb_v2") -> list[TaskSpec]:
-    """Tasks by name, or every task of a category or modality (`"I-CLS"`, `"video"`, `"all"`)."""
-    if names:
-        return [get_task(name, benchmark) for name in names]
+def select_tasks(selectors: list[str] | str, benchmark: str = "mmeb_v2") -> list[TaskSpec]:
+    """The tasks that `selectors` name, each `"all"`, a modality (`"image"`, `"video"`, `"visdoc"`), a category
+    (`"I-CLS"`, `"V-MRET"`, ...) or a task name; registry order, each task once. A comma-separated string works
+    too (`"video,ViDoRe_arxivqa"`)."""
+    if isinstance(selectors, str):
+        selectors = [part.strip() for part in selectors.split(",") if part.strip()]
+    if not selectors:
+        raise KeyError("no tasks selected: name tasks, a category, a modality or 'all'")
     tasks = list(all_tasks(benchmark).values())
-    if category in (None, "all"):
-        return tasks
-    chosen = [t for t in tasks if category in (t.category, t.modality)]
-    if not chosen:
-        raise KeyError(f"category {category!r} is not in {benchmark}: use one of "
-                       f"{categories(benchmark) + sorted({t.modality for t in tasks})} or 'all'")
-    return chosen
+    chosen: set[str] = set()
+    for selector in selectors:
+        group = [t.name for t in tasks if selector in ("all", t.category, t.modality)]
+        chosen.update(group or [get_task(selector, benchmark).name])
+    return [t for t in tasks if t.name in chosen]

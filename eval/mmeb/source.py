@@ -1,0 +1,235 @@
+"""Where MMEB annotations and media come from: the hub, a local MMEB-V2 clone, or local dataset folders.
+
+Annotations (`table`) are read the way the reference evaluator reads them, every shard of a config and split:
+* with `data_root`: a local folder per annotation repo, found as `<data_root>/<org>/<name>`, `<data_root>/<name>`
+  or `<data_root>/<task name>`: a hub snapshot (README `configs:`, sharded parquet/json files), read with
+  `datasets.load_dataset(folder, config, split=...)`, or a `save_to_disk` folder (`Dataset` or `DatasetDict`,
+  optionally one sub-folder per config), read with `datasets.load_from_disk`; or a single file
+  `<data_root>/<task name>.jsonl|.json|.parquet` (the synthetic benchmark writes these);
+* without: the hub repo's files for that config through `huggingface_hub.snapshot_download` (the hub cache, so
+  offline once downloaded), then the same `load_dataset(folder, config, split=...)`.
+
+Media (`media_dir`) live under the reference's data base directory, the clone of the `TIGER-Lab/MMEB-V2`
+dataset repo as `download_data.sh` leaves it (`mmeb_root`), e.g. `image-tasks/` or
+`video-tasks/frames/video_ret/MSR-VTT/`. Without `mmeb_root`, only the archives a task needs are fetched from
+that repo and unpacked once into `cache_dir`, exactly as the download script unpacks them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MEDIA_REPO = "TIGER-Lab/MMEB-V2"
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DEFAULT_CACHE = Path(os.environ.get("TTE_CACHE", "~/.cache/think-then-embed")).expanduser() / "mmeb"
+# media folder prefix -> (archive files in MEDIA_REPO, folder they are unpacked into, folders moved up after)
+ARCHIVES = {
+    "image-tasks": (["image-tasks/mmeb_v1.tar.gz"], "image-tasks", "MMEB"),
+    "video-tasks/frames/video_cls": (["video-tasks/frames/video_cls.tar.gz"], "video-tasks/frames/video_cls", None),
+    "video-tasks/frames/video_ret": (["video-tasks/frames/video_ret.tar.gz"], "video-tasks/frames/video_ret", None),
+    "video-tasks/frames/video_mret": (["video-tasks/frames/video_mret.tar.gz"], "video-tasks/frames", None),
+    "video-tasks/frames/video_qa": ([f"video-tasks/frames/video_qa.tar.gz-0{i}" for i in range(5)],
+                                    "video-tasks/frames", None),
+}
+
+
+class DataSourceError(FileNotFoundError):
+    """Annotations or media of a task are not where the data source looks; the message names task and paths."""
+
+
+@dataclass
+class DataSource:
+    r"""Where a run reads MMEB tasks from.
+
+    Args:
+        data_root (`str` or `os.PathLike`, *optional*): local annotation folders (see the module docstring);
+            `None` reads annotations from the hub (or its cache).
+        mmeb_root (`str` or `os.PathLike`, *optional*): the MMEB-V2 clone (`data_basedir` of the reference);
+            `None` fetches the needed media archives from the hub into `cache_dir`.
+        cache_dir (`str` or `os.PathLike`, *optional*): where hub media archives are unpacked and visual-document
+            pages are written; defaults to `$TTE_CACHE/mmeb` (`~/.cache/think-then-embed/mmeb`).
+    """
+
+    data_root: Path | None = None
+    mmeb_root: Path | None = None
+    cache_dir: Path | None = None
+
+    def __post_init__(self):
+        self.data_root = Path(self.data_root).expanduser() if self.data_root is not None else None
+        self.mmeb_root = Path(self.mmeb_root).expanduser() if self.mmeb_root is not None else None
+        self.cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir is not None else DEFAULT_CACHE
+
+    @property
+    def mode(self) -> str:
+        """`"local"` (annotations from `data_root`) or `"hub"`."""
+        return "local" if self.data_root is not None else "hub"
+
+    # ------------------------------------------------------------------ annotations
+    def table(self, task: str, repo: str, config: str | None, split: str):
+        """Every row of `repo`/`config`/`split` for `task`, as a `datasets.Dataset`."""
+        if self.data_root is None:
+            return self._hub_table(task, repo, config, split)
+        tried = []
+        for path in _local_candidates(self.data_root, task, repo):
+            tried.append(path)
+            if path.is_file():
+                return _file_table(path, task)
+            if path.is_dir():
+                return _folder_table(path, task, config, split)
+        raise DataSourceError(f"task {task}: no annotations for {repo} (config {config}, split {split}) under "
+                              f"{self.data_root}; looked for {', '.join(str(p) for p in tried)}")
+
+    def _hub_table(self, task: str, repo: str, config: str | None, split: str):
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=["README.md", "*.md"]))
+            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=_config_patterns(folder, config)))
+        except Exception as error:  # offline without a cached snapshot, unknown repo, no network
+            raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
+                                  f"from the hub or its cache ({type(error).__name__}: {error}); download them "
+                                  f"or pass --data-root with local copies") from error
+        return _folder_table(folder, task, config, split)
+
+    # ------------------------------------------------------------------ media
+    def media_dir(self, task: str, relative: str) -> Path:
+        """The folder `relative` (e.g. `"image-tasks"`, `"video-tasks/frames/video_ret/MSR-VTT"`) of the MMEB-V2
+        data tree: under `mmeb_root`, or fetched from the hub and unpacked into `cache_dir`."""
+        relative = relative.strip("/")
+        if self.mmeb_root is not None:
+            return self.mmeb_root / relative if relative else self.mmeb_root
+        prefix = next((p for p in ARCHIVES if relative == p or relative.startswith(p + "/")), None)
+        if prefix is None:
+            raise DataSourceError(f"task {task}: media folder {relative!r} is not in an MMEB-V2 archive; pass "
+                                  f"--mmeb-root")
+        root = self.cache_dir / "MMEB-V2"
+        _fetch_archives(task, prefix, root)
+        return root / relative
+
+
+def _local_candidates(data_root: Path, task: str, repo: str) -> list[Path]:
+    names = [data_root / repo, data_root / repo.split("/")[-1], data_root / task]
+    names += [data_root / f"{task}{suffix}" for suffix in DATA_SUFFIXES]
+    return list(dict.fromkeys(names))
+
+
+def _file_table(path: Path, task: str):
+    from datasets import load_dataset
+
+    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix.lower()]
+    try:
+        return load_dataset(kind, data_files=str(path), split="train")
+    except Exception as error:
+        raise DataSourceError(f"task {task}: cannot read {path} ({type(error).__name__}: {error})") from error
+
+
+def _folder_table(folder: Path, task: str, config: str | None, split: str):
+    """A `save_to_disk` folder (or its `<config>` sub-folder) or a hub snapshot folder."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    for candidate in ([folder / config] if config else []) + [folder]:
+        if (candidate / "dataset_dict.json").is_file() or (candidate / "state.json").is_file():
+            data = load_from_disk(str(candidate))
+            if isinstance(data, DatasetDict):
+                if split not in data:
+                    raise DataSourceError(f"task {task}: {candidate} (save_to_disk) has splits {list(data)}, not "
+                                          f"{split!r}")
+                data = data[split]
+            assert isinstance(data, Dataset)
+            return data
+    try:
+        return load_dataset(str(folder), config, split=split)
+    except Exception as error:
+        raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
+                              f"({type(error).__name__}: {error})") from error
+
+
+def _config_patterns(folder: Path, config: str | None) -> list[str]:
+    """The files `snapshot_download` needs for `config`: its `data_files` from the README's `configs:` section,
+    or every data file when the README has none."""
+    import yaml
+
+    everything = ["README.md", "*.parquet", "**/*.parquet", "*.jsonl", "**/*.jsonl", "*.json", "**/*.json",
+                  "*.arrow", "**/*.arrow"]
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return everything
+    text = readme.read_text(encoding="utf-8")
+    header = text.split("---")[1] if text.startswith("---") else ""
+    configs = (yaml.safe_load(header) or {}).get("configs") or []
+    wanted = [c for c in configs if c.get("config_name", "default") == (config or "default")] or configs[:1]
+    patterns = ["README.md"]
+    for entry in wanted:
+        files = entry.get("data_files") or []
+        files = [files] if isinstance(files, (str, dict)) else files
+        for item in files:
+            paths = item.get("path") if isinstance(item, dict) else item
+            patterns += [paths] if isinstance(paths, str) else list(paths or [])
+    return patterns if len(patterns) > 1 else everything
+
+
+def _fetch_archives(task: str, prefix: str, root: Path) -> None:
+    """Download (allow_patterns) and unpack the archives holding `prefix` once, as download_data.sh does."""
+    archives, target, move_up = ARCHIVES[prefix]
+    marker = root / ".unpacked" / prefix.replace("/", "__")
+    if marker.is_file():
+        return
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(MEDIA_REPO, repo_type="dataset", allow_patterns=archives))
+    except Exception as error:
+        raise DataSourceError(f"task {task}: cannot get media archives {archives} of {MEDIA_REPO} from the hub or "
+                              f"its cache ({type(error).__name__}: {error}); clone it and pass --mmeb-root") from error
+    missing = [name for name in archives if not (snapshot / name).is_file()]
+    if missing:
+        raise DataSourceError(f"task {task}: {MEDIA_REPO} snapshot {snapshot} lacks {missing}")
+    destination = root / target
+    destination.mkdir(parents=True, exist_ok=True)
+    logger.info("unpacking %s into %s", ", ".join(archives), destination)
+    _unpack(task, [snapshot / name for name in archives], destination)
+    if move_up and (destination / move_up).is_dir():
+        for item in (destination / move_up).iterdir():
+            shutil.move(str(item), destination / item.name)
+        (destination / move_up).rmdir()
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("\n".join(archives) + "\n", encoding="utf-8")
+
+
+class _Concatenated:
+    """A read-only file object over split archive parts (`video_qa.tar.gz-00` ... `-04`)."""
+
+    def __init__(self, paths: list[Path]):
+        self._files = [open(path, "rb") for path in paths]  # noqa: SIM115 (closed in close())
+
+    def read(self, size: int = -1) -> bytes:
+        out = b""
+        while self._files and (size < 0 or len(out) < size):
+            chunk = self._files[0].read(-1 if size < 0 else size - len(out))
+            if not chunk:
+                self._files.pop(0).close()
+                continue
+            out += chunk
+        return out
+
+    def close(self) -> None:
+        for handle in self._files:
+            handle.close()
+
+
+def _unpack(task: str, parts: list[Path], destination: Path) -> None:
+    stream = _Concatenated(parts)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|gz") as archive:
+            archive.extractall(destination, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataSourceError(f"task {task}: cannot unpack {[str(p) for p in parts]} ({error})") from error
+    finally:
+        stream.close()
