@@ -72,7 +72,7 @@ class DataSource:
         return "local" if self.data_root is not None else "hub"
 
     # ------------------------------------------------------------------ annotations
-    def table(self, task: str, repo: str, config: str | None, split: str):
+    def table(self, task: str, repo: str | None, config: str | None, split: str):
         """Every row of `repo`/`config`/`split` for `task`, as a `datasets.Dataset`."""
         if self.data_root is None:
             return self._hub_table(task, repo, config, split)
@@ -114,8 +114,9 @@ class DataSource:
         return root / relative
 
 
-def _local_candidates(data_root: Path, task: str, repo: str) -> list[Path]:
-    names = [data_root / repo, data_root / repo.split("/")[-1], data_root / task]
+def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path]:
+    names = [data_root / repo, data_root / repo.split("/")[-1]] if repo else []
+    names.append(data_root / task)
     names += [data_root / f"{task}{suffix}" for suffix in DATA_SUFFIXES]
     return list(dict.fromkeys(names))
 
