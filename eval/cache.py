@@ -1,16 +1,24 @@
-"""Embeddings cached on disk, keyed by model fingerprint, task, side and row content, so a rerun skips work and
-different models never share entries. Each writer appends shard files (atomic renames), so processes of a
-sharded run and interrupted runs never corrupt the cache."""
+"""Embeddings cached on disk, keyed by model fingerprint, task, side and row content (media by their bytes, so an
+image overwritten at the same path is embedded again), so a rerun skips work and different models never share
+entries. Each writer appends shard files (atomic renames), so processes of a sharded run and interrupted runs
+never corrupt the cache; an unreadable shard is skipped with a warning naming it, and its rows are embedded
+again."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import pickle
 import uuid
+import zipfile
 from pathlib import Path
 
 import torch
+from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -29,20 +37,44 @@ def model_fingerprint(model_path, **settings) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
 
 
-def _describe(value):
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes, memoised per (path, size, mtime) within the process."""
+    stat = os.stat(path)
+    memo = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    if memo not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_DIGESTS[memo] = digest.hexdigest()
+    return _FILE_DIGESTS[memo]
+
+
+MEDIA_FIELDS = ("image", "video")
+
+
+def _describe(value, media: bool = False):
+    """A JSON-able identity of a row field; media files by path and content digest, images by their pixels."""
+    if media and isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+        return {"path": os.fspath(value), "sha256": file_digest(value)}
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
     if isinstance(value, (list, tuple)):
-        return [_describe(v) for v in value]
-    return f"<{type(value).__name__}>"  # in-memory media (hub PIL images): identified by the row name
+        return [_describe(v, media) for v in value]
+    if isinstance(value, Image.Image):
+        return {"image": hashlib.sha256(value.tobytes()).hexdigest(), "mode": value.mode, "size": value.size}
+    raise TypeError(f"cannot key a row field of type {type(value).__name__} for the embedding cache")
 
 
 def item_key(name: str, row: dict) -> str:
-    """Cache key of one row to embed: its name plus everything the processor reads (media paths, text,
-    instruction, ECR)."""
-    content = {"name": name, **{k: _describe(v) for k, v in sorted(row.items())}}
+    """Cache key of one row to embed: its name plus everything the processor reads (media paths and contents,
+    text, instruction, ECR)."""
+    content = {"name": name, **{k: _describe(v, k in MEDIA_FIELDS) for k, v in sorted(row.items())}}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -57,8 +89,13 @@ class EmbeddingCache:
     def reload(self) -> None:
         self._store = {}
         for shard in sorted(self.folder.glob("*.pt")) if self.folder.is_dir() else []:
-            data = torch.load(shard, map_location="cpu", weights_only=True)
-            self._store.update(zip(data["keys"], data["embeddings"], strict=True))
+            try:
+                data = torch.load(shard, map_location="cpu", weights_only=True)
+                self._store.update(zip(data["keys"], data["embeddings"], strict=True))
+            except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError,
+                    zipfile.BadZipFile) as error:
+                logger.warning("embedding cache: skipping unreadable shard %s (%s: %s); its rows are embedded "
+                               "again", shard, type(error).__name__, error)
 
     def __contains__(self, key: str) -> bool:
         return key in self._store

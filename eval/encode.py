@@ -10,6 +10,7 @@ Candidates are deduplicated upstream: the harness keys rows by content (`eval.ca
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from eval.cache import EmbeddingCache
 from train.batching import length_sorted_batches, pad_features
@@ -35,6 +36,8 @@ class Encoder:
 
     def __init__(self, model, processor, batch_size: int = 8, device=None, bucket: bool = True,
                  window: int | None = None, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if attn_implementation is not None:
             getattr(model, "vlm", model).set_attn_implementation(attn_implementation)  # the backbone attends
         if dtype is not None:
@@ -90,11 +93,14 @@ class Encoder:
         return embeddings
 
     def fill(self, cache: EmbeddingCache, items: dict[str, dict], side: str, rank: int = 0, world: int = 1,
-             flush_every: int = 256) -> None:
-        """Embed this process's share (`rank::world` of all `items`, cache key -> row) that `cache` lacks. The
-        share is fixed by the item order alone, so processes that open the cache at different times still
-        cover every item."""
+             flush_every: int = 256, desc: str | None = None) -> None:
+        """Embed this process's share (`rank::world` of all `items`, cache key -> row) that `cache` lacks, with a
+        progress bar (rows/s) on rank 0. The share is fixed by the item order alone, so processes that open the
+        cache at different times still cover every item."""
         todo = cache.missing(list(items)[rank::world])
-        for start in range(0, len(todo), flush_every):
-            keys = todo[start:start + flush_every]
-            cache.put(keys, self.encode([items[k] for k in keys], side))
+        with tqdm(total=len(todo), desc=desc or side, unit="row", disable=rank != 0 or not todo,
+                  mininterval=1.0) as bar:
+            for start in range(0, len(todo), flush_every):
+                keys = todo[start:start + flush_every]
+                cache.put(keys, self.encode([items[k] for k in keys], side))
+                bar.update(len(keys))

@@ -5,7 +5,10 @@ candidate name) to its graded relevance. Conventions of the reference, reproduce
 precision@k divides by k even when fewer than k candidates exist; recall is 1.0 for a query with no labels;
 hit, map and mrr are 0.0 for it; AP@k is normalised by min(#labels, k); NDCG uses gain rel (linear) or 2^rel - 1
 (exponential), discount log2(rank + 1), and the ideal DCG of the sorted relevance values cut at k.
-Labels keep their own relevance (no `set()` before pairing: see the README on graded qrels).
+A ranked list may name a candidate twice (a local row listing it twice): precision and recall count distinct
+labels found, AP, MRR and NDCG go by rank positions, as in the reference.
+Labels keep their own relevance (no `set()` before pairing: see the README on graded qrels);
+`reference_pairing` reproduces the reference's pairing for users who must match its published numbers.
 """
 
 from __future__ import annotations
@@ -66,17 +69,26 @@ def reciprocal_rank_at_k(ranked: Sequence[str], labels: set[str], k: int) -> flo
     return 0.0
 
 
-def query_metrics(ranked: Sequence[str], relevance: dict[str, float], ks: Sequence[int] = KS) -> dict[str, float]:
-    """Every metric at every k for one query."""
+def reference_pairing(relevance: dict[str, float]) -> dict[str, float]:
+    """The reference's graded relevance: its labels go through `set()` (Python's set order, which for string ids
+    depends on `PYTHONHASHSEED`) and are then zipped with the grades in their original order, so with unequal
+    grades a grade can land on another label. Equal to `relevance` when all grades are equal."""
+    return dict(zip(list(set(relevance)), relevance.values(), strict=True))
+
+
+def query_metrics(ranked: Sequence[str], relevance: dict[str, float], ks: Sequence[int] = KS,
+                  reference_ndcg: bool = False) -> dict[str, float]:
+    """Every metric at every k for one query (`reference_ndcg`: NDCG with `reference_pairing`)."""
     labels = set(relevance)
+    graded = reference_pairing(relevance) if reference_ndcg else relevance
     out = {}
     for k in ks:
-        found = sum(1 for name in ranked[:k] if name in labels)
+        found = len(set(ranked[:k]) & labels)
         precision = found / k
         recall = found / len(labels) if labels else 1.0
         out[f"hit@{k}"] = 1.0 if found else 0.0
-        out[f"ndcg_linear@{k}"] = ndcg_at_k(ranked, relevance, k)
-        out[f"ndcg_exponential@{k}"] = ndcg_at_k(ranked, relevance, k, exponential=True)
+        out[f"ndcg_linear@{k}"] = ndcg_at_k(ranked, graded, k)
+        out[f"ndcg_exponential@{k}"] = ndcg_at_k(ranked, graded, k, exponential=True)
         out[f"precision@{k}"] = precision
         out[f"recall@{k}"] = recall
         out[f"f1@{k}"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -4,6 +4,7 @@ averages and a PNG bar chart by category (drawn with Pillow)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -21,17 +22,31 @@ def score_path(out_dir, spec: TaskSpec) -> Path:
     return task_dir(out_dir, spec) / f"{spec.name}_score.json"
 
 
-def write_task_outputs(out_dir, spec: TaskSpec, scores: dict, predictions: list[dict]) -> Path:
-    """Write `{task}_pred.jsonl` then `{task}_score.json` (last, atomically: its presence marks the task done)."""
+def write_task_outputs(out_dir, spec: TaskSpec, scores: dict, predictions: list[dict],
+                       provenance: dict | None = None) -> Path:
+    """Write `{task}_pred.jsonl` and `{task}_provenance.json`, then `{task}_score.json` (last, atomically: its
+    presence marks the task done)."""
     folder = task_dir(out_dir, spec)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{spec.name}_pred.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    if provenance is not None:
+        (folder / f"{spec.name}_provenance.json").write_text(json.dumps(provenance, indent=2) + "\n",
+                                                             encoding="utf-8")
     path = score_path(out_dir, spec)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(scores, indent=4) + "\n", encoding="utf-8")
     temporary.replace(path)
     return path
+
+
+LEADERBOARD_MODALITIES = ("image", "visdoc", "video")  # the reference report's order
+
+
+def safe_file_name(name: str) -> str:
+    """`name` as one file name (a hub id `me/tte-2b` becomes `me__tte-2b`); never a path outside the folder."""
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(name).replace("/", "__")).strip("._")
+    return stem or "model"
 
 
 def collect_scores(out_dir, benchmark: str) -> dict[str, dict[str, dict]]:
@@ -41,6 +56,18 @@ def collect_scores(out_dir, benchmark: str) -> dict[str, dict[str, dict]]:
         path = score_path(out_dir, spec)
         if path.is_file():
             metrics.setdefault(spec.modality, {})[spec.name] = json.loads(path.read_text(encoding="utf-8"))
+    return metrics
+
+
+def leaderboard_metrics(out_dir, benchmark: str, found: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """The reference report's `metrics`: every task of every modality, its score dict or `"FILE_N/A"` (`"DIR_N/A"`
+    when the modality's folder does not exist)."""
+    tasks = list(all_tasks(benchmark).values())
+    metrics = {}
+    for modality in [m for m in LEADERBOARD_MODALITIES if any(t.modality == m for t in tasks)]:
+        missing = "FILE_N/A" if (Path(out_dir) / benchmark / modality).is_dir() else "DIR_N/A"
+        metrics[modality] = {t.name: found.get(modality, {}).get(t.name, missing) for t in tasks
+                             if t.modality == modality}
     return metrics
 
 
@@ -65,9 +92,10 @@ def write_summary(out_dir, benchmark: str, model_name: str, metadata: dict | Non
     folder.mkdir(parents=True, exist_ok=True)
     metrics = collect_scores(out_dir, benchmark)
     meta = {"model_name": model_name, **(metadata or {}), "report_generated_date": datetime.now().isoformat()}
-    paths = {"json": folder / f"{model_name}.json", "markdown": folder / "summary.md",
+    paths = {"json": folder / f"{safe_file_name(model_name)}.json", "markdown": folder / "summary.md",
              "chart": folder / "categories.png"}
-    paths["json"].write_text(json.dumps({"metadata": meta, "metrics": metrics}, indent=4) + "\n", encoding="utf-8")
+    board = {"metadata": meta, "metrics": leaderboard_metrics(out_dir, benchmark, metrics)}
+    paths["json"].write_text(json.dumps(board, indent=4) + "\n", encoding="utf-8")
     rows, overall = headline_table(metrics, benchmark)
     paths["markdown"].write_text(markdown_table(metrics, benchmark, model_name, rows, overall), encoding="utf-8")
     draw_bar_chart(paths["chart"], rows, overall, title=f"{model_name} - {benchmark}")

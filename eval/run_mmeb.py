@@ -1,14 +1,19 @@
-"""Evaluate a TTE model on MMEB-V2 (or MMEB-V1) tasks with the reference protocol.
+"""Evaluate a TTE model on MMEB-V2 (or MMEB-V1) tasks, scored as the reference evaluator (VLM2Vec-V2) scores them.
 
-    python -m eval.run_mmeb --model runs/quickstart/tte-model --tasks ImageNet-1K,MSR-VTT,ViDoRe_arxivqa \
-        --ecr-store runs/ecr/eval --out runs/mmeb/tte
-    python -m eval.run_mmeb --model runs/quickstart/tte-model --category visdoc --ecr-mode none --out runs/mmeb/base
-    accelerate launch --num_processes 8 -m eval.run_mmeb --model DIR --category all --ecr-store DIR --out DIR
+    python -m eval.run_mmeb --model DIR --tasks all --mmeb-root data/vlm2vec_eval --ecr-store runs/ecr/eval \
+        --out runs/mmeb/tte
+    python -m eval.run_mmeb --model DIR --tasks video,ViDoRe_arxivqa --ecr-mode none --out runs/mmeb/base
+    python -m eval.run_mmeb --check-data --tasks all --mmeb-root data/vlm2vec_eval
+    accelerate launch --num_processes 8 -m eval.run_mmeb --model DIR --tasks all --ecr-store DIR --out DIR
 
-Without `--data-root` the annotations come from the hub by name (`datasets.load_dataset`) and the media from the
-benchmark's media repository (`huggingface_hub.snapshot_download`), unless `--media-root` points at them.
-Writes `<out>/<benchmark>/<modality>/{task}_score.json` and `{task}_pred.jsonl`, then `<out>/<benchmark>/`
-`<model>.json` (leaderboard layout), `summary.md` and `categories.png`. A rerun skips finished tasks.
+`--tasks` takes `all`, a modality (`image`, `video`, `visdoc`), a category (`I-CLS`, `V-MRET`, ...) or task names,
+comma-separated. Annotations come from the hub (or its cache) by name, or from `--data-root` (local snapshot or
+`save_to_disk` folders); media from `--mmeb-root` (the TIGER-Lab/MMEB-V2 clone as its download script leaves
+it), or, without it, from the hub's MMEB-V2 archives unpacked once into `--mmeb-cache`. Writes
+`<out>/<benchmark>/<modality>/{task}_score.json`, `{task}_pred.jsonl` and `{task}_provenance.json`, then
+`<out>/<benchmark>/<model>.json` (the reference leaderboard layout), `summary.md` and `categories.png`. A rerun
+reuses a task's score only when its model, settings and inputs are unchanged. Flags also take underscores
+(`--ecr_store`).
 """
 
 from __future__ import annotations
@@ -18,30 +23,52 @@ import logging
 from pathlib import Path
 
 from eval.ecr import ECR_MODES
-from eval.harness import evaluate_model
+from eval.mmeb import DataSource, check_task
 from eval.tasks import select_tasks
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _flag(parser, name: str, **kwargs) -> None:
+    """Add `--name-with-dashes` and its `--name_with_underscores` spelling."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"])
+    parser.add_argument(*spellings, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="saved TTE model folder or hub id")
-    parser.add_argument("--benchmark", choices=["v2", "v1", "synthetic"], default="v2",
-                        help="MMEB-V2, MMEB-V1, or the offline synthetic benchmark (eval/synthetic)")
-    parser.add_argument("--tasks", help="comma-separated task names")
-    parser.add_argument("--category", help="a category (I-CLS, V-MRET, VD-ViDoRe-V2, ...), a modality, or 'all'")
-    parser.add_argument("--out", required=True, help="output folder for this model and setting")
-    parser.add_argument("--data-root", help="local folder with the tasks (see eval/loaders.py); default: the hub")
-    parser.add_argument("--media-root", help="folder that relative image/frame paths are relative to")
-    parser.add_argument("--cache-dir", help="embedding cache (default <out>/embedding_cache); share it across runs")
-    parser.add_argument("--ecr-store", help="ECR store folder (dataset = task name, row id, side)")
-    parser.add_argument("--ecr-mode", choices=ECR_MODES, default="full", help="'none' is the no-ECR baseline")
-    parser.add_argument("--reasoner", help="generate missing ECR with this reasoner: a local checkpoint, or with "
-                        "--reasoner-url the served model's name")
-    parser.add_argument("--reasoner-url", help="OpenAI-compatible endpoint serving --reasoner (vllm serve, ...)")
-    parser.add_argument("--reasoner-max-new-tokens", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-frames", type=int, default=8, help="frames sampled uniformly per video")
-    parser.add_argument("--model-name", help="name in the leaderboard JSON (default: the model folder name)")
+    _flag(parser, "model", help="saved TTE model folder or hub id (not needed with --check-data)")
+    _flag(parser, "benchmark", choices=["v2", "v1", "synthetic"], default="v2",
+          help="MMEB-V2, MMEB-V1, or the offline synthetic benchmark (eval/synthetic)")
+    _flag(parser, "tasks", required=True,
+          help="all | image | video | visdoc | a category | task names, comma-separated")
+    _flag(parser, "out", help="output folder for this model and setting")
+    _flag(parser, "data-root", help="local annotation folders (hub snapshots, save_to_disk); default: the hub")
+    _flag(parser, "mmeb-root", help="the MMEB-V2 data folder (clone of TIGER-Lab/MMEB-V2, archives unpacked); "
+          "default: fetch the archives a task needs from the hub into --mmeb-cache")
+    _flag(parser, "mmeb-cache", help="where hub media archives are unpacked and visual-document pages written "
+          "(default $TTE_CACHE/mmeb)")
+    _flag(parser, "cache-dir", help="embedding cache (default <out>/embedding_cache); share it across runs")
+    _flag(parser, "ecr-store", help="ECR store folder (dataset = task name, row id, side)")
+    _flag(parser, "ecr-mode", choices=ECR_MODES, default="full", help="'none' is the no-ECR baseline")
+    _flag(parser, "reasoner", help="generate missing ECR with this reasoner: a local checkpoint, or with "
+          "--reasoner-url the served model's name")
+    _flag(parser, "reasoner-url", help="OpenAI-compatible endpoint serving --reasoner (vllm serve, ...)")
+    _flag(parser, "reasoner-max-new-tokens", type=_positive_int, default=512)
+    _flag(parser, "batch-size", type=_positive_int, default=8)
+    _flag(parser, "num-frames", type=_positive_int, default=8, help="frames sampled per video (reference: 8)")
+    _flag(parser, "model-name", help="name in the leaderboard JSON (default: the model folder name)")
+    _flag(parser, "reference-ndcg", action="store_true", help="graded NDCG with the reference's label/grade "
+          "pairing after set() (see the README); default: each label keeps its own grade")
+    _flag(parser, "trust-remote-code", action="store_true", help="allow code named by the model folder's auto_map "
+          "to run (off: the project's own classes are used)")
+    _flag(parser, "check-data", action="store_true", help="only report, per task, whether annotations and media "
+          "are found (rows, candidates, frames); no model is loaded")
     return parser
 
 
@@ -57,30 +84,58 @@ def reasoner_backend(args, state):
     return LocalBackend(args.reasoner, max_new_tokens=args.reasoner_max_new_tokens, device=str(state.device))
 
 
+def check_data(tasks, source: DataSource, num_frames: int) -> list[dict]:
+    """Print one line per task: found or the error; returns the reports."""
+    reports = []
+    for spec in tasks:
+        report = check_task(spec, source, num_frames)
+        reports.append(report)
+        if report["ok"]:
+            frames = f", {report['videos']} videos of {report['frames'][0]}-{report['frames'][1]} frames" \
+                if report["frames"] else ""
+            print(f"ok      {spec.name:45s} {report['rows']} rows, {report['candidates']} candidates{frames}")
+        else:
+            print(f"MISSING {spec.name:45s} {report['error']}")
+    found = sum(r["ok"] for r in reports)
+    print(f"{found} of {len(reports)} tasks found ({source.mode} annotations"
+          f"{', media under ' + str(source.mmeb_root) if source.mmeb_root else ', hub media'})")
+    return reports
+
+
 def main(argv=None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from accelerate import PartialState
-
-    from train.ecr_store import ECRStore
-
     benchmark = args.benchmark if args.benchmark == "synthetic" else f"mmeb_{args.benchmark}"
-    names = [n.strip() for n in args.tasks.split(",") if n.strip()] if args.tasks else None
-    if not names and not args.category:
-        parser.error("give --tasks or --category")
     try:
-        tasks = select_tasks(names, args.category, benchmark)
+        tasks = select_tasks(args.tasks, benchmark)
     except KeyError as error:
         parser.error(error.args[0])
+    source = DataSource(args.data_root, args.mmeb_root, args.mmeb_cache)
+    if args.check_data:
+        reports = check_data(tasks, source, args.num_frames)
+        if not all(r["ok"] for r in reports):
+            raise SystemExit(1)
+        return {r["task"]: r for r in reports}
+    if not args.model or not args.out:
+        parser.error("give --model and --out (or --check-data)")
+    return evaluate(args, parser, tasks, source, benchmark)
+
+
+def evaluate(args, parser, tasks, source: DataSource, benchmark: str) -> dict:
+    from accelerate import PartialState
+
+    from eval.harness import evaluate_model
+    from train.ecr_store import ECRStore
+
     state = PartialState()
     store = ECRStore(args.ecr_store, part=f"eval-rank{state.process_index}") if args.ecr_store else None
     if args.reasoner and store is None:
         parser.error("--reasoner writes the ECR it generates into --ecr-store; give one")
     scores = evaluate_model(args.model, tasks, args.out, ecr_mode=args.ecr_mode, batch_size=args.batch_size,
-                            model_name=args.model_name, state=state, data_root=args.data_root,
-                            media_root=args.media_root, cache_dir=args.cache_dir, ecr_store=store,
-                            num_frames=args.num_frames, reasoner=reasoner_backend(args, state))
+                            model_name=args.model_name, state=state, source=source, cache_dir=args.cache_dir,
+                            ecr_store=store, num_frames=args.num_frames, reasoner=reasoner_backend(args, state),
+                            reference_ndcg=args.reference_ndcg, trust_remote_code=args.trust_remote_code)
     if state.is_main_process:
         for spec in tasks:
             if spec.name in scores:

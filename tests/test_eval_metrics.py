@@ -69,6 +69,28 @@ def test_k_larger_than_candidates_and_all_relevant():
     assert m["map@1"] == pytest.approx(1.0)
 
 
+def test_a_candidate_listed_twice_counts_once_for_precision_and_recall_but_by_position_elsewhere():
+    # the reference: precision/recall over set(top k); AP, MRR and NDCG walk the ranked positions
+    m = query_metrics(["g", "g", "x"], {"g": 1.0})
+    assert m["precision@5"] == pytest.approx(1 / 5) and m["recall@5"] == 1.0 and m["hit@1"] == 1.0
+    assert m["map@5"] == pytest.approx((1 + 2 / 2) / 1)  # two positions hit, normalised by min(1, 5)
+    assert m["ndcg_linear@5"] == pytest.approx(1 + 1 / L2(3))  # DCG counts both slots; ideal is one gold
+
+
+def test_reference_ndcg_pairs_grades_after_set():
+    from eval.metrics import reference_pairing
+
+    relevance = {f"doc-{i}": float(i % 3 + 1) for i in range(20)}  # set order differs from this order
+    paired = reference_pairing(relevance)
+    assert list(paired) == list(set(relevance)) and list(paired.values()) == list(relevance.values())
+    assert paired != relevance
+    ranked = list(relevance)
+    assert query_metrics(ranked, relevance, reference_ndcg=True)["ndcg_linear@5"] == pytest.approx(
+        query_metrics(ranked, paired)["ndcg_linear@5"])
+    equal = {"a": 1.0, "b": 1.0}
+    assert query_metrics(["b", "a"], equal, reference_ndcg=True) == query_metrics(["b", "a"], equal)
+
+
 def test_ties_keep_candidate_order_and_ideal_ties():
     scores = torch.tensor([0.5, 0.9, 0.5, 0.9])
     assert rank_candidates(scores, ["a", "b", "c", "d"]) == ["b", "d", "a", "c"]
@@ -90,7 +112,7 @@ def test_task_scores_means_and_keys():
 def test_registry_counts_and_types():
     v2 = all_tasks("mmeb_v2")
     assert len(v2) == 78 and len(all_tasks("mmeb_v1")) == 36
-    counts = {c: len(select_tasks(category=c)) for c in categories()}
+    counts = {c: len(select_tasks([c])) for c in categories()}
     assert counts == {"I-CLS": 10, "I-QA": 10, "I-RET": 12, "I-VG": 4, "V-CLS": 5, "V-QA": 5, "V-RET": 5,
                       "V-MRET": 3, "VD-ViDoRe-V1": 10, "VD-ViDoRe-V2": 4, "VD-VisRAG": 6, "VD-OOD": 4}
     assert {t.modality for t in v2.values()} == {"image", "video", "visdoc"}
@@ -99,11 +121,17 @@ def test_registry_counts_and_types():
     assert sum(t.ood for t in all_tasks("mmeb_v1").values()) == 16
     assert get_task("ViDoRe_arxivqa").headline == "ndcg_linear@5" and get_task("MSR-VTT").headline == "hit@1"
     assert get_task("MSR-VTT").eval_type == "global" and get_task("NExTQA").eval_type == "local"
-    assert len(select_tasks(category="visdoc")) == 24
+    assert len(select_tasks(["visdoc"])) == 24 and len(select_tasks("all")) == 78
 
 
-def test_unknown_task_and_category():
+def test_selectors_mix_modalities_categories_and_names_in_registry_order():
+    chosen = [t.name for t in select_tasks("ViDoRe_arxivqa,V-MRET,MSCOCO")]
+    assert chosen == ["MSCOCO", "QVHighlight", "Charades-STA", "MomentSeeker", "ViDoRe_arxivqa"]
+    assert len(select_tasks(["video", "V-CLS"])) == 18  # each task once
+
+
+def test_unknown_task_or_category():
     with pytest.raises(KeyError, match="'ImageNet-2K' is not in the mmeb_v2 registry"):
         get_task("ImageNet-2K")
-    with pytest.raises(KeyError, match="category 'X-CLS'"):
-        select_tasks(category="X-CLS")
+    with pytest.raises(KeyError, match="'X-CLS' is not in the mmeb_v2 registry"):
+        select_tasks(["X-CLS"])

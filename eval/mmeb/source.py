@@ -17,6 +17,7 @@ that repo and unpacked once into `cache_dir`, exactly as the download script unp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -121,10 +122,26 @@ def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path
     return list(dict.fromkeys(names))
 
 
+def _check_jsonl(path: Path, task: str) -> None:
+    """Raise naming the file and line of the first line that is not one JSON object (blank lines allowed)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except ValueError as error:
+                raise DataSourceError(f"task {task}: {path} line {number} is not valid JSON ({error})") from None
+            if not ok:
+                raise DataSourceError(f"task {task}: {path} line {number} is not a JSON object")
+
+
 def _file_table(path: Path, task: str):
     from datasets import load_dataset
 
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix.lower()]
+    if path.suffix.lower() == ".jsonl":
+        _check_jsonl(path, task)
     try:
         return load_dataset(kind, data_files=str(path), split="train")
     except Exception as error:
