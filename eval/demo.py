@@ -24,7 +24,7 @@ from pathlib import Path
 from eval.demo_report import write_report
 from eval.ecr import attach_ecr
 from eval.harness import evaluate_model
-from eval.loaders import load_task
+from eval.mmeb import DataSource, load_task
 from eval.synthetic.tasks import TASKS
 from eval.synthetic.write import train_dataset_name, write_benchmark
 from eval.tasks import all_tasks
@@ -101,6 +101,11 @@ def distill_student(backbone: Path, data: Path, store: Path, out: Path, s: DemoS
     return distill(argv)
 
 
+def synthetic_source(data: Path) -> DataSource:
+    """The synthetic test tasks: `<task>.jsonl` files with media paths relative to the same folder."""
+    return DataSource(data_root=data / "eval", mmeb_root=data / "eval")
+
+
 def student_ecr(student: Path, data: Path, store: Path, s: DemoSettings) -> dict[str, float]:
     """Generate the student's ECR for every test query and candidate (the harness's generation seam) and return
     its answer accuracy per task against the oracle teacher."""
@@ -110,7 +115,7 @@ def student_ecr(student: Path, data: Path, store: Path, s: DemoSettings) -> dict
     teacher, students = ECRStore(data / "ecr-teacher"), ECRStore(store, part="student")
     accuracy = {}
     for spec in all_tasks("synthetic").values():
-        task = load_task(spec, data / "eval")
+        task = load_task(spec, synthetic_source(data))
         attach_ecr(task, students, "full", backend=backend, batch_size=64)
         hits = [parse_ecr(q.row["ecr"]).answer == teacher.get(spec.name, q.row_id, "query").answer
                 for q in task.queries]
@@ -151,7 +156,7 @@ def train_embedder(model: Path, data: Path, out: Path, s: DemoSettings, seed: in
 def evaluate(model: Path, data: Path, out: Path, store: Path | None, ecr_mode: str) -> dict[str, float]:
     """Hit@1 per task of one variant, scored by the MMEB harness."""
     tasks = list(all_tasks("synthetic").values())
-    scores = evaluate_model(model, tasks, out, ecr_mode=ecr_mode, batch_size=64, data_root=data / "eval",
+    scores = evaluate_model(model, tasks, out, ecr_mode=ecr_mode, batch_size=64, source=synthetic_source(data),
                             ecr_store=ECRStore(store) if store else None, cache_dir=out.parent / "embedding-cache")
     return {name: result["hit@1"] for name, result in scores.items()}
 

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
           "default: fetch the archives a task needs from the hub into --mmeb-cache")
     _flag(parser, "mmeb-cache", help="where hub media archives are unpacked and visual-document pages written "
           "(default $TTE_CACHE/mmeb)")
+    _flag(parser, "hub-cache", help="Hugging Face hub cache to read annotations and archives from (default: "
+          "HF_HUB_CACHE)")
     _flag(parser, "cache-dir", help="embedding cache (default <out>/embedding_cache); share it across runs")
     _flag(parser, "ecr-store", help="ECR store folder (dataset = task name, row id, side)")
     _flag(parser, "ecr-mode", choices=ECR_MODES, default="full", help="'none' is the no-ECR baseline")
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
         tasks = select_tasks(args.tasks, benchmark)
     except KeyError as error:
         parser.error(error.args[0])
-    source = DataSource(args.data_root, args.mmeb_root, args.mmeb_cache)
+    source = DataSource(args.data_root, args.mmeb_root, args.mmeb_cache, args.hub_cache)
     if args.check_data:
         reports = check_data(tasks, source, args.num_frames)
         if not all(r["ok"] for r in reports):

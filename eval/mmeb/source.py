@@ -56,16 +56,20 @@ class DataSource:
             `None` fetches the needed media archives from the hub into `cache_dir`.
         cache_dir (`str` or `os.PathLike`, *optional*): where hub media archives are unpacked and visual-document
             pages are written; defaults to `$TTE_CACHE/mmeb` (`~/.cache/think-then-embed/mmeb`).
+        hub_cache (`str` or `os.PathLike`, *optional*): the Hugging Face hub cache to download into and read from;
+            defaults to huggingface_hub's (`HF_HUB_CACHE`).
     """
 
     data_root: Path | None = None
     mmeb_root: Path | None = None
     cache_dir: Path | None = None
+    hub_cache: Path | None = None
 
     def __post_init__(self):
         self.data_root = Path(self.data_root).expanduser() if self.data_root is not None else None
         self.mmeb_root = Path(self.mmeb_root).expanduser() if self.mmeb_root is not None else None
         self.cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir is not None else DEFAULT_CACHE
+        self.hub_cache = Path(self.hub_cache).expanduser() if self.hub_cache is not None else None
 
     @property
     def mode(self) -> str:
@@ -91,8 +95,10 @@ class DataSource:
         from huggingface_hub import snapshot_download
 
         try:
-            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=["README.md", "*.md"]))
-            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=_config_patterns(folder, config)))
+            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=["README.md"],
+                                            cache_dir=self.hub_cache))
+            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=_config_patterns(folder, config),
+                                            cache_dir=self.hub_cache))
         except Exception as error:  # offline without a cached snapshot, unknown repo, no network
             raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
                                   f"from the hub or its cache ({type(error).__name__}: {error}); download them "
@@ -111,7 +117,7 @@ class DataSource:
             raise DataSourceError(f"task {task}: media folder {relative!r} is not in an MMEB-V2 archive; pass "
                                   f"--mmeb-root")
         root = self.cache_dir / "MMEB-V2"
-        _fetch_archives(task, prefix, root)
+        _fetch_archives(task, prefix, root, self.hub_cache)
         return root / relative
 
 
@@ -193,7 +199,7 @@ def _config_patterns(folder: Path, config: str | None) -> list[str]:
     return patterns if len(patterns) > 1 else everything
 
 
-def _fetch_archives(task: str, prefix: str, root: Path) -> None:
+def _fetch_archives(task: str, prefix: str, root: Path, hub_cache: Path | None) -> None:
     """Download (allow_patterns) and unpack the archives holding `prefix` once, as download_data.sh does."""
     archives, target, move_up = ARCHIVES[prefix]
     marker = root / ".unpacked" / prefix.replace("/", "__")
@@ -202,7 +208,8 @@ def _fetch_archives(task: str, prefix: str, root: Path) -> None:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot = Path(snapshot_download(MEDIA_REPO, repo_type="dataset", allow_patterns=archives))
+        snapshot = Path(snapshot_download(MEDIA_REPO, repo_type="dataset", allow_patterns=archives,
+                                          cache_dir=hub_cache))
     except Exception as error:
         raise DataSourceError(f"task {task}: cannot get media archives {archives} of {MEDIA_REPO} from the hub or "
                               f"its cache ({type(error).__name__}: {error}); clone it and pass --mmeb-root") from error
