@@ -131,6 +131,7 @@ def evaluate(args, parser, tasks, source: DataSource, benchmark: str) -> dict:
     from train.ecr_store import ECRStore
 
     state = PartialState()
+    logging.getLogger(__name__).info("process %d/%d", state.process_index + 1, state.num_processes)
     store = ECRStore(args.ecr_store, part=f"eval-rank{state.process_index}") if args.ecr_store else None
     if args.reasoner and store is None:
         parser.error("--reasoner writes the ECR it generates into --ecr-store; give one")

@@ -1,26 +1,31 @@
-"""End-to-end MMEB evaluation of a tiny TTE model on small on-disk tasks: files, key sets, ECR from the store,
-the no-ECR baseline, the embedding cache, sharding, resume after an interrupted run, and the CLI."""
+"""The MMEB harness end to end with a tiny TTE model, on fixtures written in the published layouts: the CLI on one
+task of every family in each data-source mode, --check-data, provenance (a changed ECR store or changed images are
+scored again), resume, remote code only on request, and a real 2-process `accelerate launch`."""
+
+from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from eval.cache import EmbeddingCache, item_key, model_fingerprint
-from eval.ecr import MissingECRError, attach_ecr, ecr_keys
-from eval.encode import Encoder
-from eval.harness import load_model, run_tasks
-from eval.loaders import load_task
 from eval.metrics import score_keys
-from eval.tasks import get_task, select_tasks
-from tests.mmeb_fixtures import V2_TASKS, VIDOC, write_all
+from eval.run_mmeb import main
+from tests import fixtures_image, fixtures_video, fixtures_visdoc
 from train.ecr_store import ECRRecord, ECRStore
 
 REPO = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+FAMILY_TASKS = {  # one task of every loader family (MMEB-V1 is scored with --benchmark v1)
+    "image": ("MSCOCO_t2i", fixtures_image), "video_retrieval": ("MSR-VTT", fixtures_video),
+    "video_classification": ("HMDB51", fixtures_video), "video_qa": ("NExTQA", fixtures_video),
+    "moment_retrieval": ("QVHighlight", fixtures_video), "visdoc": ("ViDoRe_arxivqa", fixtures_visdoc)}
 
 
 @pytest.fixture(scope="module")
@@ -34,140 +39,148 @@ def tte_model(tiny_qwen2_vl, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return write_all(tmp_path_factory.mktemp("mmeb"))
+def source_args(kwargs: dict) -> list[str]:
+    """CLI flags for the `DataSource` keyword arguments a fixture writer returned."""
+    flags = {"data_root": "--data-root", "mmeb_root": "--mmeb-root", "cache_dir": "--mmeb-cache",
+             "hub_cache": "--hub-cache"}
+    return [part for key, value in kwargs.items() if value is not None for part in (flags[key], str(value))]
 
 
-def _encoder(tte_model, ecr_mode="none"):
-    model, processor = load_model(tte_model, ecr_mode)
-    return Encoder(model, processor, batch_size=4)
+def write_family_tasks(layout: str, root: Path) -> dict[str, list[str]]:
+    """Every family's task in `layout` under `root`; task name -> its data-source flags."""
+    return {task: source_args(module.write(task, layout, root)) for task, module in FAMILY_TASKS.values()}
 
 
-def _fill_store(store: ECRStore, data) -> None:
-    store.add(ECRRecord(d, r, s, f"<think>about {r}</think> Answer: {r}", r, "test", "0")
-              for d, r, s in ecr_keys(data))
+@pytest.mark.parametrize("layout", ["hub", "snapshot", "save_to_disk"])
+def test_cli_scores_every_family_in_each_data_source_mode(tte_model, tmp_path, layout):
+    tasks = write_family_tasks(layout, tmp_path / "data")
+    for task, flags in tasks.items():
+        assert main(["--check-data", "--tasks", task, *flags])[task]["ok"]
+        scores = main(["--model", str(tte_model), "--tasks", task, *flags, "--ecr-mode", "none",
+                       "--out", str(tmp_path / "out"), "--batch-size", "4"])
+        assert list(scores[task]) == score_keys() and scores[task]["num_pred"] > 0
+    v1 = source_args(fixtures_image.write("ImageNet-1K", layout, tmp_path / "v1", benchmark="mmeb_v1"))
+    scores = main(["--model", str(tte_model), "--benchmark", "v1", "--tasks", "ImageNet-1K", *v1,
+                   "--ecr-mode", "none", "--out", str(tmp_path / "out")])
+    assert scores["ImageNet-1K"]["num_pred"] > 0
+    board = json.loads((tmp_path / "out" / "mmeb_v2" / f"{tte_model.name}.json").read_text())
+    assert all(isinstance(board["metrics"][spec_modality(t)][t], dict) for t in tasks)
 
 
-def test_end_to_end_v2_no_ecr(tte_model, root, tmp_path):
+def spec_modality(task: str) -> str:
+    from eval.tasks import get_task
+
+    return get_task(task).modality
+
+
+def test_check_data_reports_missing_media_without_a_model(tmp_path, capsys):
+    flags = source_args(fixtures_video.write("MSR-VTT", "snapshot", tmp_path))
+    assert main(["--check-data", "--tasks", "MSR-VTT", *flags])["MSR-VTT"]["ok"]
+    with pytest.raises(SystemExit):
+        main(["--check-data", "--tasks", "MSR-VTT", "--data-root", str(tmp_path / "nowhere"),
+              "--mmeb-root", str(tmp_path / "nowhere")])
+    assert "MISSING MSR-VTT" in capsys.readouterr().out
+
+
+def _ecr_store(folder: Path, task: str, text: str, source_flags: list[str]) -> ECRStore:
+    """An ECR store with one record for every query and candidate of `task`."""
+    from eval.ecr import ecr_keys
+    from eval.mmeb import DataSource, load_task
+    from eval.tasks import get_task
+
+    args = dict(zip(source_flags[::2], source_flags[1::2], strict=True))
+    source = DataSource(args.get("--data-root"), args.get("--mmeb-root"), args.get("--mmeb-cache"),
+                        args.get("--hub-cache"))
+    store = ECRStore(folder)
+    keys = ecr_keys(load_task(get_task(task), source))
+    store.add(ECRRecord(d, r, s, f"<think>{text} {r}</think> Answer: {text}", text, "test", "0") for d, r, s in keys)
+    return store
+
+
+def test_rerun_reuses_a_score_only_from_the_same_inputs(tte_model, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    flags = source_args(fixtures_image.write("MSCOCO_t2i", "snapshot", tmp_path / "data"))
     out = tmp_path / "out"
-    tasks = [get_task(name) for name in V2_TASKS]
-    scores = run_tasks(tasks, _encoder(tte_model), out, "fp-a", data_root=root, ecr_mode="none", model_name="tiny")
-    assert set(scores) == set(V2_TASKS)
-    for spec in tasks:
-        folder = out / "mmeb_v2" / spec.modality
-        score = json.loads((folder / f"{spec.name}_score.json").read_text())
-        assert list(score) == score_keys()
-        assert 0.0 <= score[spec.headline] <= 1.0
-        preds = [json.loads(line) for line in (folder / f"{spec.name}_pred.jsonl").read_text().splitlines()]
-        assert len(preds) == score["num_pred"] == score["num_data"]
-        assert set(preds[0]) == {"row_id", "prediction", "label", "rel_scores"}
-    vidoc = [json.loads(x) for x in (out / "mmeb_v2/visdoc" / f"{VIDOC}_pred.jsonl").read_text().splitlines()]
-    assert vidoc[0]["label"] == ["p0", "p1"] and vidoc[0]["rel_scores"] == [2.0, 1.0]
-    assert sorted(vidoc[0]["prediction"]) == ["p0", "p1", "p2", "p3"]  # global: the whole corpus is ranked
-    board = json.loads((out / "mmeb_v2" / "tiny.json").read_text())
-    assert set(board) == {"metadata", "metrics"} and set(board["metrics"]) == {"image", "video", "visdoc"}
-    assert set(board["metrics"]["video"]) == {"MSR-VTT", "NExTQA"}
-    table = (out / "mmeb_v2" / "summary.md").read_text()
-    for row in ("| I-RET | 1 |", "| V-RET | 1 |", "| V-QA | 1 |", "| VD-ViDoRe-V2 | 1 |", "| **Overall** | 4 |"):
-        assert row in table
-    with Image.open(out / "mmeb_v2" / "categories.png") as chart:
-        assert chart.size == (900, 420) and len(chart.getcolors(100000)) > 3
+    for name in ("a", "b"):
+        _ecr_store(tmp_path / f"ecr-{name}", "MSCOCO_t2i", f"trace {name}", flags)
+    run = ["--model", str(tte_model), "--tasks", "MSCOCO_t2i", *flags, "--out", str(out)]
+    first = main(run + ["--ecr-store", str(tmp_path / "ecr-a")])
+    score_file = out / "mmeb_v2" / "image" / "MSCOCO_t2i_score.json"
+    stamp = score_file.stat().st_mtime_ns
+    caplog.clear()
+    assert main(run + ["--ecr-store", str(tmp_path / "ecr-a")]) == first  # same inputs: reused
+    assert score_file.stat().st_mtime_ns == stamp and "reusing" in caplog.text
+    caplog.clear()
+    main(run + ["--ecr-store", str(tmp_path / "ecr-b")])  # another ECR store: scored again, and said so
+    assert score_file.stat().st_mtime_ns != stamp and "scored before from other inputs" in caplog.text
+    provenance = json.loads(score_file.with_name("MSCOCO_t2i_provenance.json").read_text())
+    assert provenance["ecr_store"] == str((tmp_path / "ecr-b").resolve())
+    images = sorted((tmp_path / "data").rglob("*.png")) + sorted((tmp_path / "data").rglob("*.jpg"))
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "purple").save(images[0])  # an image overwritten at the same path
+    stamp = score_file.stat().st_mtime_ns
+    main(run + ["--ecr-store", str(tmp_path / "ecr-b")])
+    assert score_file.stat().st_mtime_ns != stamp
 
 
-def test_ecr_from_store_and_missing_records(tte_model, root, tmp_path):
-    spec = get_task("NExTQA")
-    store = ECRStore(tmp_path / "ecr")
-    data = load_task(spec, root)
-    with pytest.raises(MissingECRError, match=r"task NExTQA: 6 of 6 ECR records are missing"):
-        attach_ecr(data, store, "full")
-    _fill_store(store, data)
-    attach_ecr(data, store, "full")
-    assert data.queries[1].row["ecr"] == "<think>about 1</think> Answer: 1"
-    assert data.corpus["red"]["ecr"].endswith("Answer: red")
-    encoder = _encoder(tte_model, "full")
-    with_ecr = run_tasks([spec], encoder, tmp_path / "full", "fp-full", data_root=root, ecr_store=store)
-    base = run_tasks([spec], _encoder(tte_model), tmp_path / "none", "fp-none", data_root=root, ecr_mode="none")
-    assert encoder.num_encoded == 2 + 4
-    assert list(with_ecr["NExTQA"]) == list(base["NExTQA"]) == score_keys()
-    # the ECR reaches the embedder: same rows with and without ECR embed differently
-    rows = [data.queries[0].row, {k: v for k, v in data.queries[0].row.items() if k != "ecr"}]
-    emb = encoder.encode(rows, "query")
-    assert (emb[0] - emb[1]).abs().max() > 1e-4
+def test_model_folder_code_runs_only_with_trust_remote_code(tte_model, tmp_path):
+    from eval.harness import load_model
+
+    folder = tmp_path / "model"
+    subprocess.run(["cp", "-r", str(tte_model), str(folder)], check=True)
+    marker = tmp_path / "ran"
+    (folder / "marker_tokenizer.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import Qwen2TokenizerFast as MarkerTokenizer\n")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": [None, "marker_tokenizer.MarkerTokenizer"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    load_model(folder, "none")
+    assert not marker.exists()
+    load_model(folder, "none", trust_remote_code=True)
+    assert marker.exists()  # the marker proves the check above could fail
 
 
-def test_resume_after_interruption_and_cache_reuse(tte_model, root, tmp_path):
-    broken = write_all(tmp_path / "broken")
-    (broken / "frames" / "vid3" / "0004.png").unlink()
-    for frame in (broken / "frames" / "vid1").iterdir():
-        frame.unlink()
-    tasks = select_tasks(["MSCOCO_t2i", "MSR-VTT"])
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    encoder = _encoder(tte_model)
-    with pytest.raises(FileNotFoundError, match="task MSR-VTT row 1"):
-        run_tasks(tasks, encoder, out, "fp-a", cache_dir=cache, data_root=broken, ecr_mode="none")
-    done = out / "mmeb_v2" / "image" / "MSCOCO_t2i_score.json"
-    stamp = done.stat().st_mtime_ns
-    first = encoder.num_encoded
-    assert first == 3 + 4  # MSCOCO_t2i: 3 queries + 4 deduplicated candidates
-    resumed = _encoder(tte_model)
-    scores = run_tasks(tasks, resumed, out, "fp-a", cache_dir=cache, data_root=root, ecr_mode="none")
-    assert done.stat().st_mtime_ns == stamp and set(scores) == {"MSCOCO_t2i", "MSR-VTT"}
-    assert resumed.num_encoded == 3 + 3  # only MSR-VTT was embedded
-    # a fresh output folder with the same cache embeds nothing (MSR-VTT was embedded from `root`, and media paths
-    # are part of the cache key); another model gets its own cache
-    again = _encoder(tte_model)
-    rerun = run_tasks(tasks[1:], again, tmp_path / "out2", "fp-a", cache_dir=cache, data_root=root, ecr_mode="none")
-    assert again.num_encoded == 0 and rerun["MSR-VTT"] == scores["MSR-VTT"]
-    other = _encoder(tte_model)
-    run_tasks(tasks[:1], other, tmp_path / "out3", "fp-b", cache_dir=cache, data_root=root, ecr_mode="none")
-    assert other.num_encoded == 7 and sorted(p.name for p in cache.iterdir()) == ["fp-a", "fp-b"]
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
-def test_fingerprints_and_sharded_fill(tte_model, root, tmp_path):
-    assert model_fingerprint(tte_model, ecr_mode="full") != model_fingerprint(tte_model, ecr_mode="none")
-    assert model_fingerprint(tte_model, ecr_mode="full") == model_fingerprint(tte_model, ecr_mode="full")
-    data = load_task(get_task("ImageNet-1K", "mmeb_v1"), root)
-    items = {item_key(name, row): row for name, row in data.corpus.items()}
-    encoder = _encoder(tte_model)
-    cache = EmbeddingCache(tmp_path / "shards")
-    encoder.fill(cache, items, "target", rank=0, world=2)
-    assert len(cache) == 2
-    encoder.fill(EmbeddingCache(tmp_path / "shards"), items, "target", rank=1, world=2)
-    cache.reload()
-    assert len(cache) == 3 and not cache.missing(items)
-    whole = encoder.encode(list(items.values()), "target")
-    assert (cache.stack(list(items)) - whole).abs().max() < 1e-5
+def _run(command: list[str], log: Path, timeout: int = 300) -> str:
+    """Run `command` in its own session with output to a file (never a pipe a stray worker could hold); on a
+    timeout kill the whole session and fail."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "ACCELERATE_USE_CPU": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as handle:
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"timed out after {timeout} s: {' '.join(command)}\n{log.read_text()[-4000:]}")
+    output = log.read_text()
+    assert process.returncode == 0, output[-6000:]
+    return output
 
 
-def test_cli_v1_and_bad_task(tte_model, root, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    command = [sys.executable, "-m", "eval.run_mmeb", "--model", str(tte_model), "--benchmark", "v1",
-               "--tasks", "ImageNet-1K", "--data-root", str(root), "--ecr-mode", "none", "--out", str(tmp_path / "o")]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "ImageNet-1K" in result.stdout and "hit@1" in result.stdout
-    assert (tmp_path / "o" / "mmeb_v1" / "image" / "ImageNet-1K_score.json").is_file()
-    assert (tmp_path / "o" / "mmeb_v1" / f"{tte_model.name}.json").is_file()
-    bad = command[:8] + ["ImageNet-2K"] + command[9:]
-    result = subprocess.run(bad, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "'ImageNet-2K' is not in the mmeb_v1 registry" in result.stderr
-
-
-def test_missing_ecr_is_generated_by_a_reasoner_then_reused(tiny_qwen2_vl, tte_model, root, tmp_path):
-    from eval.run_mmeb import main
-
-    store_dir, out = tmp_path / "ecr", tmp_path / "out"
-    argv = ["--model", str(tte_model), "--tasks", "NExTQA", "--data-root", str(root), "--ecr-store", str(store_dir),
-            "--reasoner", tiny_qwen2_vl, "--reasoner-max-new-tokens", "6", "--out", str(out)]
-    scores = main(argv)
-    assert list(scores["NExTQA"]) == score_keys()
-    store = ECRStore(store_dir)
-    data = load_task(get_task("NExTQA"), root)
-    assert store.missing(ecr_keys(data)) == [] and len(store) == len(ecr_keys(data))
-    assert {record.reasoner for record in store} == {tiny_qwen2_vl}
-    lines = (store_dir / "eval-rank0.jsonl").read_text().splitlines()
-    # score again with a reasoner that cannot load: the store is complete, so nothing is generated
-    (out / "mmeb_v2" / "video" / "NExTQA_score.json").unlink()
-    main([a if a != tiny_qwen2_vl else str(tmp_path / "no-such-reasoner") for a in argv])
-    assert (store_dir / "eval-rank0.jsonl").read_text().splitlines() == lines
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate CLI is not next to this Python")
+def test_two_processes_score_as_one(tte_model, tmp_path):
+    flags = []
+    for task in ("MSCOCO_t2i", "MSR-VTT"):
+        module = fixtures_image if task == "MSCOCO_t2i" else fixtures_video
+        flags = source_args(module.write(task, "snapshot", tmp_path / "data"))
+    run = ["-m", "eval.run_mmeb", "--model", str(tte_model), "--tasks", "MSCOCO_t2i,MSR-VTT", *flags,
+           "--ecr-mode", "none", "--batch-size", "2"]
+    _run([sys.executable, *run, "--out", str(tmp_path / "one")], tmp_path / "one.log")
+    launch = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    output = _run([*launch, *run, "--out", str(tmp_path / "two")], tmp_path / "two.log")
+    assert "process 1/2" in output and "process 2/2" in output
+    for modality, task in (("image", "MSCOCO_t2i"), ("video", "MSR-VTT")):
+        one, two = (json.loads((tmp_path / run_dir / "mmeb_v2" / modality / f"{task}_score.json").read_text())
+                    for run_dir in ("one", "two"))
+        assert one == pytest.approx(two, abs=1e-6)
