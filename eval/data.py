@@ -55,12 +55,14 @@ class TaskData:
         return query
 
     def check(self) -> TaskData:
-        """Raise when the task is empty or a label or local candidate is not in the pool."""
+        """Raise when the task is empty, a local candidate is not in the pool, or a global query's label is not in
+        the pool. A local query's label may be missing from its candidates: the reference scores it as a miss
+        (MVBench's "(@) ..." gold, an SSv2 row whose neg_text lacks pos_text)."""
         if not self.queries:
             raise TaskDataError(f"task {self.spec.name}: no query rows")
         for query in self.queries:
-            names = query.candidates if query.candidates is not None else []
-            unknown = [n for n in list(query.relevance) + names if n not in self.corpus]
+            names = query.candidates if query.candidates is not None else list(query.relevance)
+            unknown = [n for n in names if n not in self.corpus]
             if unknown:
                 raise TaskDataError(f"task {self.spec.name} row {query.row_id}: candidate(s) {unknown[:3]} are not "
                                     f"in the candidate pool")
