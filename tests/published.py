@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -37,12 +38,18 @@ def frames(folder: Path, count: int, colour="blue", pattern: str = "frame_{}.jpg
     return [image(folder / pattern.format(i), colour) for i in range(count)]
 
 
+def revision(repo: str) -> str:
+    """The fixture commit hash of `repo`: one per repo, as on the hub (`datasets` keys its cache of a local
+    folder by the folder's name, so one shared name made repos with equal configs read each other's rows)."""
+    return hashlib.sha1(f"{REVISION}:{repo}".encode()).hexdigest()
+
+
 def hub_snapshot_dir(hub_root: Path, repo: str) -> Path:
     """The snapshot folder of dataset `repo` in a hub cache rooted at `hub_root` (with `refs/main`)."""
     base = Path(hub_root) / ("datasets--" + repo.replace("/", "--"))
     (base / "refs").mkdir(parents=True, exist_ok=True)
-    (base / "refs" / "main").write_text(REVISION, encoding="utf-8")
-    folder = base / "snapshots" / REVISION
+    (base / "refs" / "main").write_text(revision(repo), encoding="utf-8")
+    folder = base / "snapshots" / revision(repo)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
