@@ -284,3 +284,13 @@ def test_momentseeker_query_kinds_all_frames_and_several_positives(tmp_path):
     assert [len(data.corpus[c]["video"]) for c in first.candidates] == [9, 10, 11]  # every frame of a clip
     assert all(r["instruction"] == mret.SEEKER_TARGET_INSTRUCTION for r in data.corpus.values())
     assert len(data.corpus) == 6
+
+
+@pytest.mark.parametrize("layout", ["hub", "snapshot", "save_to_disk"])
+def test_tasks_written_into_one_root_read_their_own_rows(layout, tmp_path):
+    tasks = ("HMDB51", "QVHighlight", "MomentSeeker", "MSR-VTT")  # the first three share config None, split test
+    kwargs = {task: fixtures_video.write(task, layout, tmp_path) for task in tasks}
+    assert all(kw == kwargs[tasks[0]] for kw in kwargs.values())  # one set of flags serves every task
+    for task in tasks:
+        report = check_task(get_task(task), DataSource(**kwargs[task]))
+        assert report["ok"], report
