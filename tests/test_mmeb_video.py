@@ -20,7 +20,7 @@ from eval.mmeb.video_retrieval import DATASETS as RETRIEVAL
 from eval.mmeb.video_retrieval import TARGET_INSTRUCTION
 from eval.tasks import all_tasks, get_task
 from tests import fixtures_video
-from tests.published import frames, image
+from tests.published import frames, image, write_annotations
 
 VIDEO_TASKS = [name for name, spec in all_tasks().items() if spec.modality == "video"]
 ONE_PER_FAMILY = ["MSR-VTT", "HMDB51", "MVBench", "QVHighlight"]
@@ -96,7 +96,7 @@ def test_youcook2_reads_lmms_lab_split_val(tmp_path):
     assert (tmp_path / "data" / "lmms-lab" / "YouCook2" / "data" / "val-00000-of-00002.parquet").is_file()
     assert len(data.queries) == 3
     shutil.rmtree(tmp_path / "data" / "lmms-lab")  # a VLM2Vec/YouCook2 test split is not what the reference reads
-    fixtures_video.write_annotations("snapshot", tmp_path / "data", "VLM2Vec/YouCook2", {None: {"test": [{}]}})
+    write_annotations("snapshot", tmp_path / "data", "VLM2Vec/YouCook2", {None: {"test": [{}]}})
     report = check_task(get_task("YouCook2"), DataSource(**fixtures_video.source_kwargs("snapshot", tmp_path)))
     assert not report["ok"] and "lmms-lab/YouCook2" in report["error"]
 
