@@ -12,7 +12,8 @@ Annotations (`table`) are read the way the reference evaluator reads them, every
 Media (`media_dir`) live under the reference's data base directory, the clone of the `TIGER-Lab/MMEB-V2`
 dataset repo as `download_data.sh` leaves it (`mmeb_root`), e.g. `image-tasks/` or
 `video-tasks/frames/video_ret/MSR-VTT/`. Without `mmeb_root`, only the archives a task needs are fetched from
-that repo and unpacked once into `cache_dir`, exactly as the download script unpacks them.
+that repo and unpacked once into `cache_dir`, exactly as the download script unpacks them. MMEB-V1 images
+(`mmeb_v1_images`) are the same tree: the clone's `image-tasks/`, or `TIGER-Lab/MMEB-eval`'s `images.zip`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
+V1_REPO, V1_IMAGES = "TIGER-Lab/MMEB-eval", "images.zip"  # MMEB-V1's images (`unzip images.zip -d <image_dir>`)
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 DEFAULT_CACHE = Path(os.environ.get("TTE_CACHE", "~/.cache/think-then-embed")).expanduser() / "mmeb"
 # media folder prefix -> (archive files in MEDIA_REPO, folder they are unpacked into, folders moved up after)
@@ -112,6 +114,17 @@ class DataSource:
         root = self.cache_dir / "MMEB-V2"
         _fetch_archives(task, prefix, root)
         return root / relative
+
+    def mmeb_v1_images(self, task: str) -> Path:
+        """The MMEB-V1 image folder (the V1 evaluator's `--image_dir`): the MMEB-V2 clone's `image-tasks/` (the same
+        tree) with `mmeb_root`, else `images.zip` of `TIGER-Lab/MMEB-eval` fetched and unzipped once into
+        `cache_dir/MMEB-eval`."""
+        if self.mmeb_root is not None:
+            return self.media_dir(task, "image-tasks")
+        root = self.cache_dir / "MMEB-eval"
+        if not (root / ".unpacked").is_file():
+            _fetch_zip(task, V1_REPO, V1_IMAGES, root)
+        return root
 
 
 def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path]:
@@ -202,6 +215,28 @@ def _fetch_archives(task: str, prefix: str, root: Path) -> None:
         (destination / move_up).rmdir()
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("\n".join(archives) + "\n", encoding="utf-8")
+
+
+def _fetch_zip(task: str, repo: str, name: str, destination: Path) -> None:
+    """Download `name` of dataset `repo` (or find it in the hub cache) and unzip it into `destination` once."""
+    import zipfile
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        archive = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[name])) / name
+    except Exception as error:
+        raise DataSourceError(f"task {task}: cannot get {name} of {repo} from the hub or its cache "
+                              f"({type(error).__name__}: {error}); pass --mmeb-root with an MMEB-V2 clone") from error
+    if not archive.is_file():
+        raise DataSourceError(f"task {task}: {repo} snapshot {archive.parent} lacks {name}")
+    logger.info("unzipping %s into %s", archive, destination)
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(destination)  # member names with '..' or a root are sanitised by zipfile
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataSourceError(f"task {task}: cannot unzip {archive} ({error})") from error
+    (destination / ".unpacked").write_text(name + "\n", encoding="utf-8")
 
 
 class _Concatenated:
