@@ -138,6 +138,8 @@ def _file_table(path: Path, task: str):
     from datasets import load_dataset
 
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix.lower()]
+    if path.stat().st_size == 0:
+        raise DataSourceError(f"task {task}: {path} is empty (no rows)")
     try:
         return load_dataset(kind, data_files=str(path), split="train")
     except Exception as error:
