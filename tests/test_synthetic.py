@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from eval.data import candidate_name
+from eval.mmeb import DataSource, load_task
+from eval.mmeb.image import candidate_name
 from eval.synthetic.scenes import Card, Scene
 from eval.synthetic.tasks import TASKS, teach_target
 from eval.synthetic.write import train_dataset_name, write_benchmark
@@ -54,7 +55,7 @@ def test_written_benchmark_is_deterministic_and_complete(tmp_path):
     for split in ("train", "eval"):
         for name in TASKS:
             assert (first / split / f"{name}.jsonl").read_text() == (second / split / f"{name}.jsonl").read_text()
-    store = ECRStore(first / "ecr-teacher")
+    store, specs = ECRStore(first / "ecr-teacher"), all_tasks("synthetic")
     for name in TASKS:
         rows = [json.loads(line) for line in (first / "eval" / f"{name}.jsonl").read_text().splitlines()]
         train = [json.loads(line) for line in (first / "train" / f"{name}.jsonl").read_text().splitlines()]
@@ -62,7 +63,7 @@ def test_written_benchmark_is_deterministic_and_complete(tmp_path):
         for i, row in enumerate(rows):
             assert store.get(name, i, "query") is not None
             for text, path in zip(row["tgt_text"], row["tgt_img_path"], strict=True):
-                assert store.get(name, candidate_name(text, path or None), "target") is not None
+                assert store.get(name, candidate_name(specs[name].parser, text, path), "target") is not None
                 assert not path or (first / "eval" / path).is_file()
         for i in range(5):
             for side in ("query", "target"):
@@ -74,3 +75,17 @@ def test_written_benchmark_is_deterministic_and_complete(tmp_path):
     train_queries = {row["qry"] for row in rows("train")}
     test_queries = {row["qry_text"] for row in rows("eval")}
     assert not any(q.endswith(t) for q in train_queries for t in test_queries)
+
+
+def test_teacher_target_ecr_is_keyed_by_the_image_loaders_candidate_names(tmp_path):
+    """The harness looks candidate ECR up by the pool names `eval.mmeb.image` gives (text / path / "path:")."""
+    out = write_benchmark(tmp_path / "bench", num_train=1, num_test=3, seed=0)
+    store = ECRStore(out / "ecr-teacher")
+    source = DataSource(data_root=out / "eval", mmeb_root=out / "eval", cache_dir=tmp_path / "cache")
+    for spec in all_tasks("synthetic").values():
+        data = load_task(spec, source)
+        assert len(data.queries) == 3 and data.corpus
+        for name in data.corpus:
+            assert store.get(spec.name, name, "target") is not None, (spec.name, name)
+        if spec.parser == "image_i2i_vg":  # image-only targets: "path:"
+            assert all(name.endswith(".png:") for name in data.corpus)

@@ -21,6 +21,8 @@ def text(record: dict, column: str, task: str, index, default: str | None = None
     if isinstance(value, float) and math.isnan(value):
         raise TaskDataError(f"{_where(task, index, column)}: NaN where a string belongs")
     if not isinstance(value, str):
+        if value is None and column in record:
+            raise TaskDataError(f"{_where(task, index, column)}: null (a NaN or missing value) where a string belongs")
         if value is None:
             raise TaskDataError(f"{_where(task, index, column)}: missing (columns: {sorted(record)})")
         raise TaskDataError(f"{_where(task, index, column)}: expected a string, got {type(value).__name__} "

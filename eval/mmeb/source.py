@@ -12,7 +12,8 @@ Annotations (`table`) are read the way the reference evaluator reads them, every
 Media (`media_dir`) live under the reference's data base directory, the clone of the `TIGER-Lab/MMEB-V2`
 dataset repo as `download_data.sh` leaves it (`mmeb_root`), e.g. `image-tasks/` or
 `video-tasks/frames/video_ret/MSR-VTT/`. Without `mmeb_root`, only the archives a task needs are fetched from
-that repo and unpacked once into `cache_dir`, exactly as the download script unpacks them.
+that repo and unpacked once into `cache_dir`, exactly as the download script unpacks them. MMEB-V1 images
+(`mmeb_v1_images`) are the same tree: the clone's `image-tasks/`, or `TIGER-Lab/MMEB-eval`'s `images.zip`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
+V1_REPO, V1_IMAGES = "TIGER-Lab/MMEB-eval", "images.zip"  # MMEB-V1's images (`unzip images.zip -d <image_dir>`)
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 DEFAULT_CACHE = Path(os.environ.get("TTE_CACHE", "~/.cache/think-then-embed")).expanduser() / "mmeb"
 # media folder prefix -> (archive files in MEDIA_REPO, folder they are unpacked into, folders moved up after)
@@ -72,6 +74,11 @@ class DataSource:
         self.hub_cache = Path(self.hub_cache).expanduser() if self.hub_cache is not None else None
 
     @property
+    def datasets_cache(self) -> str:
+        """The `datasets` cache of the tables read (Arrow files `load_dataset` writes), under `cache_dir`."""
+        return str(self.cache_dir / "datasets")
+
+    @property
     def mode(self) -> str:
         """`"local"` (annotations from `data_root`) or `"hub"`."""
         return "local" if self.data_root is not None else "hub"
@@ -85,9 +92,9 @@ class DataSource:
         for path in _local_candidates(self.data_root, task, repo):
             tried.append(path)
             if path.is_file():
-                return _file_table(path, task)
+                return _file_table(path, task, self.datasets_cache)
             if path.is_dir():
-                return _folder_table(path, task, config, split)
+                return _folder_table(path, task, config, split, self.datasets_cache)
         raise DataSourceError(f"task {task}: no annotations for {repo} (config {config}, split {split}) under "
                               f"{self.data_root}; looked for {', '.join(str(p) for p in tried)}")
 
@@ -103,7 +110,7 @@ class DataSource:
             raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
                                   f"from the hub or its cache ({type(error).__name__}: {error}); download them "
                                   f"or pass --data-root with local copies") from error
-        return _folder_table(folder, task, config, split)
+        return _folder_table(folder, task, config, split, self.datasets_cache)
 
     # ------------------------------------------------------------------ media
     def media_dir(self, task: str, relative: str) -> Path:
@@ -119,6 +126,17 @@ class DataSource:
         root = self.cache_dir / "MMEB-V2"
         _fetch_archives(task, prefix, root, self.hub_cache)
         return root / relative
+
+    def mmeb_v1_images(self, task: str) -> Path:
+        """The MMEB-V1 image folder (the V1 evaluator's `--image_dir`): the MMEB-V2 clone's `image-tasks/` (the same
+        tree) with `mmeb_root`, else `images.zip` of `TIGER-Lab/MMEB-eval` fetched and unzipped once into
+        `cache_dir/MMEB-eval`."""
+        if self.mmeb_root is not None:
+            return self.media_dir(task, "image-tasks")
+        root = self.cache_dir / "MMEB-eval"
+        if not (root / ".unpacked").is_file():
+            _fetch_zip(task, V1_REPO, V1_IMAGES, root, self.hub_cache)
+        return root
 
 
 def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path]:
@@ -142,19 +160,21 @@ def _check_jsonl(path: Path, task: str) -> None:
                 raise DataSourceError(f"task {task}: {path} line {number} is not a JSON object")
 
 
-def _file_table(path: Path, task: str):
+def _file_table(path: Path, task: str, cache: str | None = None):
     from datasets import load_dataset
 
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix.lower()]
+    if path.stat().st_size == 0:
+        raise DataSourceError(f"task {task}: {path} is empty (no rows)")
     if path.suffix.lower() == ".jsonl":
         _check_jsonl(path, task)
     try:
-        return load_dataset(kind, data_files=str(path), split="train")
+        return load_dataset(kind, data_files=str(path), split="train", cache_dir=cache)
     except Exception as error:
         raise DataSourceError(f"task {task}: cannot read {path} ({type(error).__name__}: {error})") from error
 
 
-def _folder_table(folder: Path, task: str, config: str | None, split: str):
+def _folder_table(folder: Path, task: str, config: str | None, split: str, cache: str | None = None):
     """A `save_to_disk` folder (or its `<config>` sub-folder) or a hub snapshot folder."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -169,7 +189,7 @@ def _folder_table(folder: Path, task: str, config: str | None, split: str):
             assert isinstance(data, Dataset)
             return data
     try:
-        return load_dataset(str(folder), config, split=split)
+        return load_dataset(str(folder), config, split=split, cache_dir=cache)
     except Exception as error:
         raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
                               f"({type(error).__name__}: {error})") from error
@@ -226,6 +246,28 @@ def _fetch_archives(task: str, prefix: str, root: Path, hub_cache: Path | None) 
         (destination / move_up).rmdir()
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("\n".join(archives) + "\n", encoding="utf-8")
+
+
+def _fetch_zip(task: str, repo: str, name: str, destination: Path, hub_cache: Path | None) -> None:
+    """Download `name` of dataset `repo` (or find it in the hub cache) and unzip it into `destination` once."""
+    import zipfile
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        archive = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[name], cache_dir=hub_cache)) / name
+    except Exception as error:
+        raise DataSourceError(f"task {task}: cannot get {name} of {repo} from the hub or its cache "
+                              f"({type(error).__name__}: {error}); pass --mmeb-root with an MMEB-V2 clone") from error
+    if not archive.is_file():
+        raise DataSourceError(f"task {task}: {repo} snapshot {archive.parent} lacks {name}")
+    logger.info("unzipping %s into %s", archive, destination)
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(destination)  # member names with '..' or a root are sanitised by zipfile
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataSourceError(f"task {task}: cannot unzip {archive} ({error})") from error
+    (destination / ".unpacked").write_text(name + "\n", encoding="utf-8")
 
 
 class _Concatenated:

@@ -18,9 +18,10 @@ import json
 import random
 from pathlib import Path
 
-from eval.data import candidate_name
+from eval.mmeb.image import candidate_name
 from eval.synthetic.scenes import render_card
 from eval.synthetic.tasks import TASKS, Example, Target, teach_target
+from eval.tasks import all_tasks
 from processing_tte import parse_ecr
 from train.ecr_store import ECRRecord, ECRStore, prompt_hash
 
@@ -55,10 +56,11 @@ def _query_image(example: Example, folder: Path, stem: str, root: Path) -> str:
 
 
 def write_eval_task(task, examples: list[Example], root: Path) -> list[ECRRecord]:
-    """Write `<root>/<task>.jsonl` (MMEB-V2 image format) and return the teacher's ECR records."""
+    """Write `<root>/<task>.jsonl` (MMEB-V2 image format) and return the teacher's ECR records, candidates keyed by
+    the name the image loader gives them (`eval.mmeb.image.candidate_name` for the task's parser)."""
     folder = root / "images" / task.name
     folder.mkdir(parents=True, exist_ok=True)
-    rows, records = [], []
+    rows, records, parser = [], [], all_tasks("synthetic")[task.name].parser
     for i, example in enumerate(examples):
         texts, paths = zip(*(_save_target(t, folder, f"r{i}_c{j}", root) for j, t in enumerate(example.candidates)),
                            strict=True)
@@ -67,7 +69,7 @@ def write_eval_task(task, examples: list[Example], root: Path) -> list[ECRRecord
                      "tgt_inst": "", "tgt_text": list(texts), "tgt_img_path": list(paths)})
         records.append(_record(task.name, str(i), "query", task.teach(example.scene, example.params)))
         for text, path, target in zip(texts, paths, example.candidates, strict=True):
-            records.append(_record(task.name, candidate_name(text, path or None), "target", teach_target(target)))
+            records.append(_record(task.name, candidate_name(parser, text, path), "target", teach_target(target)))
     _write_jsonl(root / f"{task.name}.jsonl", rows)
     return records
 
