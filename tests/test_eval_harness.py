@@ -132,7 +132,7 @@ def test_model_folder_code_runs_only_with_trust_remote_code(tte_model, tmp_path)
     marker = tmp_path / "ran"
     (folder / "marker_tokenizer.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-        "from transformers import Qwen2TokenizerFast as MarkerTokenizer\n")
+        "from transformers import Qwen2TokenizerFast\n\n\nclass MarkerTokenizer(Qwen2TokenizerFast):\n    pass\n")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["auto_map"] = {"AutoTokenizer": [None, "marker_tokenizer.MarkerTokenizer"]}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
