@@ -3,6 +3,7 @@ broken or strict server answers: empty replies, 4xx/5xx errors, a rejected API k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -36,10 +37,10 @@ def _reply(marker: str | None) -> tuple[int, dict]:
                  "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}}
 
 
-@pytest.fixture
-def server():
-    """A local OpenAI-like server; yields (base URL, state): `state["models_status"]` sets the answer to
-    GET /models, `state["hits"]` counts chat requests per marker."""
+@contextlib.contextmanager
+def openai_like_server(gate: threading.Event | None = None):
+    """A local OpenAI-like chat server on 127.0.0.1; yields (base URL, state): `state["models_status"]` sets the
+    answer to GET /models, `state["hits"]` counts chat requests per marker. With `gate`, chat answers wait for it."""
     state = {"models_status": 200, "hits": Counter()}
 
     class Handler(BaseHTTPRequestHandler):
@@ -66,6 +67,8 @@ def server():
             text = json.dumps(body["messages"])
             marker = next((m for m in MARKERS if m in text), None)
             state["hits"][marker] += 1
+            if gate is not None:
+                gate.wait(timeout=120)
             self._send(*_reply(marker))
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -74,9 +77,17 @@ def server():
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", state
     finally:
+        if gate is not None:
+            gate.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def server():
+    with openai_like_server() as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

@@ -139,3 +139,20 @@ def test_unwritable_store_fails_before_the_model_is_loaded(tmp_path):
     finally:
         subprocess.run(["chattr", "-i", str(store)], capture_output=True)
         store.chmod(0o755)
+
+
+def test_old_records_without_provenance_are_reused_with_one_warning(tmp_path, caplog):
+    data, root = write_mmeb(tmp_path, rows=2)
+    requests = build_requests(pairs_of(data, root), "vqa")
+    (tmp_path / "store").mkdir()
+    old = [{"dataset": "demo", "row_id": r.row_id, "side": r.side, "ecr": "Answer: old", "answer": "old",
+            "reasoner": "tiny", "prompt_hash": "0123456789abcdef"} for r in requests]  # the format before provenance
+    (tmp_path / "store" / "rank0.jsonl").write_text("".join(json.dumps(fields) + "\n" for fields in old))
+    never_loaded = LocalBackend(str(tmp_path / "absent-model"), name="tiny")
+    with caplog.at_level("WARNING"):
+        report = run_generation(requests, ECRStore(tmp_path / "store"), never_loaded, show_progress=False)
+        rows = load_mmeb_train([DatasetSpec(name="demo", path=str(data), image_root=str(root))])
+        counts = check_ecr_provenance(rows, ECRStore(tmp_path / "store"), sides=("query", "target"))
+    assert (report.skipped, report.stale, report.done) == (4, 0, 0) and never_loaded.model is None
+    assert counts == {"checked": 0, "stale": 0, "missing": 0, "unknown": 4}
+    assert caplog.text.count("without provenance hashes") == 2  # once per store opened

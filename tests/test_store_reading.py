@@ -8,12 +8,14 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from tests.test_backend_openai_errors import openai_like_server
 from train.ecr_store import ECRRecord, ECRStore, StaleECRError, StoreLockedError, content_hash, prompt_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,3 +169,38 @@ def test_a_second_process_on_the_same_part_fails_fast(tmp_path):
         holder.stdin.close()
         holder.wait(timeout=30)
     assert not (tmp_path / "store" / "rank0.jsonl").exists()
+
+
+def test_two_generate_ecr_jobs_on_one_part_the_second_fails_fast(tiny_qwen2_vl, tmp_path):
+    """Two real `generate_ecr` processes on one store and part: the second stops at once (no request sent) while
+    the first, held mid-generation by a gated local server, goes on to write each record once."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    data = tmp_path / "demo.jsonl"
+    data.write_text("".join(json.dumps({"qry": f"question {i}", "qry_image_path": "", "pos_text": f"answer {i}",
+                                        "pos_image_path": ""}) + "\n" for i in range(3)))
+    gate = threading.Event()
+    with openai_like_server(gate) as (url, state):
+        args = [sys.executable, "-m", "train.generate_ecr", "--backend", "openai", "--base_url", url, "--model", "m",
+                "--processor", tiny_qwen2_vl, "--store", str(tmp_path / "store"), "--max_retries", "0",
+                "--show_progress", "false", "--datasets", json.dumps({"name": "demo", "path": str(data)})]
+        first = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while sum(state["hits"].values()) == 0 and first.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.poll() is None and sum(state["hits"].values()) > 0, "the first job never reached the server"
+            second = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+            assert second.returncode != 0 and "StoreLockedError" in second.stderr, second.stderr[-2000:]
+            assert f"rank0.jsonl is being written by another process (pid {first.pid}" in second.stderr
+            hits = sum(state["hits"].values())
+            gate.set()
+            output, _ = first.communicate(timeout=120)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(timeout=30)
+        assert first.returncode == 0, output[-2000:]
+        assert hits == sum(state["hits"].values()) == 6  # the second job sent nothing
+    keys = [tuple(json.loads(text)[k] for k in ("dataset", "row_id", "side"))
+            for text in (tmp_path / "store" / "rank0.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 6

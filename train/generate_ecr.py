@@ -132,11 +132,11 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
         if stale:
             logger.warning(f"{stale} records in {store.path} are stale (written for other row content, task type, "
                            f"hint or reasoner than {backend.name!r} is asked for now): regenerating them")
-        _generate_into(todo, store, backend, batch_size, show_progress, report)
+        _generate_into(todo, hashes, store, backend, batch_size, show_progress, report)
     return report
 
 
-def _generate_into(todo: list[ECRRequest], store: ECRStore, backend: ReasonerBackend, batch_size: int,
+def _generate_into(todo: list[ECRRequest], hashes: dict, store: ECRStore, backend: ReasonerBackend, batch_size: int,
                    show_progress: bool, report: GenerationReport) -> None:
     """Generate `todo` batch by batch, appending each batch's records to `store` and counting into `report`."""
     start = time.perf_counter()
@@ -152,7 +152,7 @@ def _generate_into(todo: list[ECRRequest], store: ECRStore, backend: ReasonerBac
                 records.append(ECRRecord(*request.key, ecr=output.text, answer=parse_ecr(output.text).answer,
                                          reasoner=backend.name, prompt_hash=output.prompt_hash,
                                          content_hash=content_hash(request.row),
-                                         request_hash=request_hash(request, backend.identity)))
+                                         request_hash=hashes[request.key]))
                 report.ecr_tokens += output.num_tokens
             report.done += store.add(records)
             bar.update(len(batch))

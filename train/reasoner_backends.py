@@ -249,7 +249,9 @@ def _refused(error: BaseException) -> bool:
     if isinstance(error, openai.APITimeoutError):
         return False
     cause = error.__cause__
-    while cause is not None:
+    for _ in range(8):  # the client's error wraps the transport's, which wraps the socket's
+        if cause is None:
+            return False
         if isinstance(cause, ConnectionRefusedError) or type(cause).__name__ == "ConnectError":
             return True
         cause = cause.__cause__ or cause.__context__
