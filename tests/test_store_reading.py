@@ -31,8 +31,9 @@ def line(rec: ECRRecord) -> str:
 
 @pytest.mark.parametrize("bad", ["\n", "not json at all\n", "\x00\x00\x00\n", "[1, 2]\n",
                                  json.dumps({"dataset": "ds", "row_id": "9", "side": "query", "ecr": "x"}) + "\n",
-                                 json.dumps({**asdict(record(9)), "ecr": None}) + "\n"],
-                         ids=["blank", "garbage", "nul", "not-an-object", "missing-fields", "ecr-null"])
+                                 json.dumps({**asdict(record(9)), "ecr": None}) + "\n",
+                                 json.dumps({**asdict(record(9)), "created": "yesterday"}) + "\n"],
+                         ids=["blank", "garbage", "nul", "not-an-object", "missing-fields", "ecr-null", "bad-created"])
 def test_a_bad_line_mid_file_is_skipped_and_reported_with_file_and_line(tmp_path, caplog, bad):
     part = tmp_path / "rank0.jsonl"
     part.write_text(line(record(0)) + bad + line(record(1)))

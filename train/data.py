@@ -264,8 +264,7 @@ def check_ecr_provenance(rows, store, sides: Sequence[str] = ("query", "target",
     if on_stale not in ("error", "warn"):
         raise ValueError(f"on_stale must be 'error' or 'warn', got {on_stale!r}")
     counts, stale, seen = {"checked": 0, "stale": 0, "missing": 0, "unknown": 0}, [], set()
-    for index in range(len(rows)):
-        row = rows[index]
+    for index, row in enumerate(rows):
         for side in sides:
             prefix, store_side, suffix = ECR_SIDES[side]
             key, content = (row["dataset"], f"{row['row_id']}{suffix}", store_side), side_content(row, prefix)

@@ -128,6 +128,11 @@ def _parse_record(line: bytes) -> ECRRecord:
             raise ValueError(f"field {name!r} must be a string, got {type(data[name]).__name__}")
     if data["side"] not in SIDES:
         raise ValueError(f"side must be one of {list(SIDES)}, got {data['side']!r}")
+    for name in ("answer", "prompt_hash", "content_hash", "request_hash"):
+        if not isinstance(data.get(name), str | None):
+            raise ValueError(f"field {name!r} must be a string or null, got {type(data[name]).__name__}")
+    if not isinstance(data.get("created"), int | float | None) or isinstance(data.get("created"), bool):
+        raise ValueError(f"field 'created' must be a number or null, got {type(data['created']).__name__}")
     return ECRRecord(**{name: data[name] for name in FIELDS if name in data})
 
 
