@@ -85,7 +85,8 @@ def test_store_one_record_per_key_second_run_no_model_work(tiny_qwen2_vl, tmp_pa
     again = run_generation(requests, ECRStore(tmp_path / "store"), backend, batch_size=3, show_progress=False)
     assert (again.done, again.skipped, again.failed) == (0, 8, 0)
     assert backend.generated_rows == generated
-    fresh = LocalBackend(tiny_qwen2_vl)  # never loaded: nothing to do means no model at all
+    fresh = LocalBackend(tiny_qwen2_vl, name="tiny-reasoner", max_new_tokens=8)  # the same reasoner, never loaded:
+    # nothing to do means no model at all
     run_generation(requests, ECRStore(tmp_path / "store"), fresh, show_progress=False)
     assert fresh.model is None and fresh.generated_rows == 0
     assert store.part_path.read_text().splitlines() == lines

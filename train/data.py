@@ -103,8 +103,47 @@ def read_table(path: str, subset: str | None, split: str) -> datasets.Dataset:
         suffix = file.suffix.lower()
         if suffix not in FILE_BUILDERS:
             raise ValueError(f"unsupported data file type {suffix!r} ({path}); use one of {sorted(FILE_BUILDERS)}")
-        return datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(file), split="train")
+        try:
+            return datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(file), split="train")
+        except Exception as error:
+            if FILE_BUILDERS[suffix] == "json":
+                _raise_bad_json_line(file, error)
+            raise
     return datasets.load_dataset(path, subset, split=split)
+
+
+def _raise_bad_json_line(file: Path, error: Exception) -> None:
+    """Raise a `ValueError` naming the file and line of the first malformed JSON line of `file` (the `datasets`
+    error only gives a position); returns when every line parses (the error was something else)."""
+    with open(file, "rb") as handle:
+        text = handle.read()
+    if file.suffix.lower() == ".json" and text.lstrip()[:1] in (b"[", b"{"):
+        try:
+            json.loads(text)
+            return
+        except ValueError as bad:
+            line = getattr(bad, "lineno", None)
+            raise ValueError(f"{file}: line {line}: not valid JSON ({bad})") from error
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as bad:
+            raise ValueError(f"{file}: line {number}: not a valid JSON object ({bad})") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{file}: line {number}: expected a JSON object, got {type(row).__name__}") from error
+
+
+def check_unique_ids(row_ids: Sequence[str], dataset: str) -> None:
+    """Raise a `ValueError` naming the dataset, the id and both row indices when two rows share a row id (ECR is
+    keyed by row id: the second row would silently get the first one's ECR)."""
+    first: dict[str, int] = {}
+    for index, row_id in enumerate(row_ids):
+        if row_id in first:
+            raise ValueError(f"dataset {dataset!r}: row id {row_id!r} is used by rows {first[row_id]} and {index}; "
+                             "row ids (the 'id' column, else the row index) must be unique")
+        first[row_id] = index
 
 
 def row_id_of(row: dict, index: int) -> str:
@@ -181,11 +220,72 @@ def load_mmeb_train(specs: Sequence[DatasetSpec], image_root: str | None = None,
             lambda row, index, name=spec.name, root=root: normalize_row(row, name, row_id_of(row, index), root),
             with_indices=True, remove_columns=raw.column_names, desc=f"Normalising {spec.name}",
         )
+        check_unique_ids(normalised["row_id"], spec.name)
         indices = _epoch_indices(len(normalised), spec, seed)
         parts.append(normalised.select(indices))
         logger.info(f"{spec.name}: {len(raw)} rows, {len(indices)} per epoch (cap {spec.max_samples}, "
                     f"weight {spec.weight})")
     return datasets.concatenate_datasets(parts).select_columns(COLUMNS)
+
+
+def side_content(row: dict, prefix: str) -> dict:
+    """The `TTEProcessor` row of one side (`"qry"`, `"pos"`, `"neg"`) of a training row, as `ECRStore.get(...,
+    content=...)` and `train.ecr_store.content_hash` expect it (the query side carries `qry_instruction`)."""
+    content = {"text": row.get(f"{prefix}_text") or "", "image": row.get(f"{prefix}_image") or None}
+    if prefix == "qry" and row.get("qry_instruction"):
+        content["instruction"] = row["qry_instruction"]
+    return content
+
+
+# side -> (row field prefix, ECR store side, suffix of the store row id), as the contrastive collator reads them
+ECR_SIDES = {"query": ("qry", "query", ""), "target": ("pos", "target", ""), "negative": ("neg", "target", "#neg")}
+
+
+def check_ecr_provenance(rows, store, sides: Sequence[str] = ("query", "target", "negative"),
+                         on_stale: str = "error") -> dict[str, int]:
+    r"""
+    Check, before training, that every stored ECR a training row would get was written for that row's content (its
+    text, instruction and media; see `train.ecr_store.content_hash`), so that inserted, removed or edited rows never
+    silently train on another row's ECR.
+
+    Args:
+        rows (`datasets.Dataset` or sequence of dicts): training rows (`load_mmeb_train`'s columns).
+        store (`ECRStore`): the ECR store training reads.
+        sides (`Sequence[str]`, *optional*): among `"query"`, `"target"`, `"negative"`.
+        on_stale (`str`, *optional*, defaults to `"error"`): `"error"` raises a `ValueError` naming the stale rows;
+            `"warn"` logs them and returns.
+
+    Returns:
+        `dict[str, int]`: `checked` (records that match their row), `stale`, `missing` (no record) and `unknown`
+        (records of unknown provenance, written before content hashes existed: accepted unchecked).
+    """
+    from .ecr_store import StaleECRError
+
+    if on_stale not in ("error", "warn"):
+        raise ValueError(f"on_stale must be 'error' or 'warn', got {on_stale!r}")
+    counts, stale, seen = {"checked": 0, "stale": 0, "missing": 0, "unknown": 0}, [], set()
+    for index, row in enumerate(rows):
+        for side in sides:
+            prefix, store_side, suffix = ECR_SIDES[side]
+            key, content = (row["dataset"], f"{row['row_id']}{suffix}", store_side), side_content(row, prefix)
+            if key in seen or (side == "negative" and not content["text"] and not content["image"]):
+                continue
+            seen.add(key)
+            try:
+                record = store.get(*key, content=content)
+            except StaleECRError:
+                counts["stale"] += 1
+                stale.append(f"{key[0]}/{key[1]} ({side}, training row {index})")
+                continue
+            counts["missing" if record is None else "checked" if record.content_hash else "unknown"] += 1
+    if stale:
+        message = (f"{len(stale)} stored ECR records in {store.path} were written for other content than their "
+                   f"training row (e.g. {', '.join(stale[:3])}): rows were added, removed, reordered or edited since "
+                   "the ECR was generated; regenerate it (python -m train.generate_ecr reports them as stale)")
+        if on_stale == "error":
+            raise ValueError(message)
+        logger.warning(message)
+    return counts
 
 
 class HomogeneousSampler(Sampler[int]):
@@ -260,7 +360,7 @@ def write_toy_mmeb(out_dir: str | os.PathLike, rows_per_dataset: int = 32, seed:
     """
     from PIL import Image
 
-    from .ecr_store import ECRRecord, ECRStore
+    from .ecr_store import ECRRecord, ECRStore, content_hash
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -278,11 +378,14 @@ def write_toy_mmeb(out_dir: str | os.PathLike, rows_per_dataset: int = 32, seed:
                 row.update(qry=f"{IMAGE_PLACEHOLDER}\nWhat colour is the card?", pos_text=colour,
                            neg_text=other, neg_image_path="")
             lines.append(json.dumps(row))
-            for side, ecr in (("query", f"<think>The card is {colour}.</think> Answer: {colour}"),
-                              ("target", f"Answer: {colour}")):
-                records.append(ECRRecord(name, str(index), side, ecr, colour, "toy", "toy"))
+            trained = normalize_row(row, name, str(index), str(out))
+            for side, prefix, ecr in (("query", "qry", f"<think>The card is {colour}.</think> Answer: {colour}"),
+                                      ("target", "pos", f"Answer: {colour}")):
+                records.append(ECRRecord(name, str(index), side, ecr, colour, "toy", "toy",
+                                         content_hash(side_content(trained, prefix))))
             if name == "ToyColourQA":
-                records.append(ECRRecord(name, f"{index}#neg", "target", f"Answer: {other}", other, "toy", "toy"))
+                records.append(ECRRecord(name, f"{index}#neg", "target", f"Answer: {other}", other, "toy", "toy",
+                                         content_hash(side_content(trained, "neg"))))
         (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         specs.append({"name": name, "path": str(out / f"{name}.jsonl")})
     ECRStore(out / "ecr").add(records)
@@ -302,5 +405,6 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["COLUMNS", "DatasetSpec", "HomogeneousSampler", "dataset_names_of", "load_dataset_specs",
-           "load_mmeb_train", "normalize_row", "write_toy_mmeb"]
+__all__ = ["COLUMNS", "DatasetSpec", "HomogeneousSampler", "check_ecr_provenance", "check_unique_ids",
+           "dataset_names_of", "load_dataset_specs", "load_mmeb_train", "normalize_row", "side_content",
+           "write_toy_mmeb"]

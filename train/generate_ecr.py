@@ -34,13 +34,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from processing_tte import TTEProcessor, parse_ecr
-from train.ecr_store import ECRRecord, ECRStore
+from train.ecr_store import ECRRecord, ECRStore, content_hash
 from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
 from train.reasoner_backends import (
     ECRRequest,
     LocalBackend,
     OpenAIBackend,
     ReasonerBackend,
+    request_hash,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationReport:
-    """Summary of a `run_generation` call. `failures` are `(key, reason)` pairs."""
+    """Summary of a `run_generation` call. `failures` are `(key, reason)` pairs; `stale` counts rows whose stored
+    record was written for another request (row content, task type, hint or reasoner) and were regenerated."""
 
     total: int = 0
     done: int = 0
     skipped: int = 0
+    stale: int = 0
     failures: list[tuple[tuple[str, str, str], str]] = field(default_factory=list)
     ecr_tokens: int = 0
     seconds: float = 0.0
@@ -70,8 +73,10 @@ class GenerationReport:
         return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        lines = [f"{self.total} rows: {self.done} generated, {self.skipped} already in the store, {self.failed} failed;"
-                 f" mean ECR length {self.mean_ecr_tokens:.1f} tokens; {self.rows_per_second:.2f} rows/s"]
+        stale = f", {self.stale} stale, regenerated" if self.stale else ""
+        lines = [f"{self.total} rows: {self.done} generated, {self.skipped} already in the store{stale}, "
+                 f"{self.failed} failed; mean ECR length {self.mean_ecr_tokens:.1f} tokens; "
+                 f"{self.rows_per_second:.2f} rows/s"]
         lines += [f"  FAILED {'/'.join(key)}: {reason}" for key, reason in self.failures]
         return "\n".join(lines)
 
@@ -81,10 +86,21 @@ def _chunks(items: list, size: int):
         yield items[start:start + size]
 
 
+def _todo(requests: dict, hashes: dict, store: ECRStore) -> tuple[list[ECRRequest], int]:
+    """The requests without a record of the same request hash, and how many of them have a stale record."""
+    todo = [request for key, request in requests.items() if store.get(*key, request_hash=hashes[key]) is None]
+    return todo, sum(request.key in store for request in todo)
+
+
 def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_size: int = 16,
                    show_progress: bool = True) -> GenerationReport:
     r"""
-    Generate the ECR of every request not yet in `store` and append it there, batch by batch.
+    Generate the ECR of every request without an up-to-date record in `store` and append it there, batch by batch.
+
+    A stored record is up to date when its `request_hash` (row content, side, task type, hint, reasoner prompt and
+    reasoner identity, see `train.reasoner_backends.request_hash`) equals the request's; other records of the key are
+    stale and regenerated (counted in `GenerationReport.stale`). Records of unknown provenance (older versions) are
+    kept, with a warning. Appends hold the store part's writer lock.
 
     Args:
         requests (iterable of `ECRRequest`): rows to reason about; repeated keys count once (the first wins).
@@ -94,7 +110,8 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
         show_progress (`bool`, *optional*, defaults to `True`): show a progress bar with rows/s.
 
     Returns:
-        `GenerationReport`: rows done, skipped (already stored) and failed (with key and reason), mean ECR tokens.
+        `GenerationReport`: rows done, skipped (up to date), stale (regenerated) and failed (with key and reason),
+        mean ECR tokens.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -103,11 +120,25 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
         if not isinstance(request, ECRRequest):
             raise ValueError(f"run_generation expects ECRRequest objects, got {type(request).__name__}")
         unique.setdefault(request.key, request)
-    todo = [request for key, request in unique.items() if key not in store]
-    report = GenerationReport(total=len(unique), skipped=len(unique) - len(todo))
+    hashes = {key: request_hash(request, backend.identity) for key, request in unique.items()}
+    todo, stale = _todo(unique, hashes, store)
     if not todo:
-        return report
+        return GenerationReport(total=len(unique), skipped=len(unique))
     backend.check()
+    with store.locked():
+        if store.reloaded_on_lock:  # another writer of this part finished in between
+            todo, stale = _todo(unique, hashes, store)
+        report = GenerationReport(total=len(unique), skipped=len(unique) - len(todo), stale=stale)
+        if stale:
+            logger.warning(f"{stale} records in {store.path} are stale (written for other row content, task type, "
+                           f"hint or reasoner than {backend.name!r} is asked for now): regenerating them")
+        _generate_into(todo, hashes, store, backend, batch_size, show_progress, report)
+    return report
+
+
+def _generate_into(todo: list[ECRRequest], hashes: dict, store: ECRStore, backend: ReasonerBackend, batch_size: int,
+                   show_progress: bool, report: GenerationReport) -> None:
+    """Generate `todo` batch by batch, appending each batch's records to `store` and counting into `report`."""
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="row", desc=f"ECR ({backend.name})", disable=not show_progress) as bar:
         for batch in _chunks(todo, batch_size):
@@ -119,13 +150,14 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
                     logger.warning(f"ECR generation failed for {request.where}: {output.error}")
                     continue
                 records.append(ECRRecord(*request.key, ecr=output.text, answer=parse_ecr(output.text).answer,
-                                         reasoner=backend.name, prompt_hash=output.prompt_hash))
+                                         reasoner=backend.name, prompt_hash=output.prompt_hash,
+                                         content_hash=content_hash(request.row),
+                                         request_hash=hashes[request.key]))
                 report.ecr_tokens += output.num_tokens
             report.done += store.add(records)
             bar.update(len(batch))
             bar.set_postfix(failed=report.failed)
     report.seconds = time.perf_counter() - start
-    return report
 
 
 # ---------------------------------------------------------------------------------------------------- local backend
@@ -135,7 +167,9 @@ class GenerateECRArguments:
     Arguments of `python -m train.generate_ecr` (YAML via `--config`, any field overridable on the command line).
 
     Args:
-        store (`str`): the ECR store folder; each process appends to its own part file `rank<i>.jsonl`.
+        store (`str`): the ECR store folder; each process appends to its own part file `<part><i>.jsonl`.
+        part (`str`, defaults to `"rank"`): the part file prefix; two jobs writing one store at the same time need
+            different prefixes (a part being written by another process is refused up front).
         datasets (`list`): MMEB-format datasets, each a mapping with the fields of `MMEBDatasetConfig` (`name`,
             `path`, `subset`, `task_type`, ...); on the command line, JSON objects.
         image_root (`str`, *optional*): folder the image paths are relative to.
@@ -159,6 +193,7 @@ class GenerateECRArguments:
     backend: str = field(default="local", metadata={"help": "local | openai"})
     processor: str | None = field(default=None, metadata={"help": "processor checkpoint (defaults to model)"})
     reasoner_name: str | None = field(default=None, metadata={"help": "reasoner name stored in the records"})
+    part: str = field(default="rank", metadata={"help": "part file prefix: process i writes <store>/<part><i>.jsonl"})
     base_url: str = field(default="http://localhost:8000/v1", metadata={"help": "OpenAI-compatible API base"})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "env variable holding the API key"})
     max_concurrency: int = field(default=8, metadata={"help": "requests in flight (openai backend)"})
@@ -245,16 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = _process_state()
-    requests = []
-    for dataset in args.datasets:
-        pairs = load_mmeb_pairs(dataset, image_root=args.image_root)
-        requests += build_requests(pairs, dataset.task_type, args.sides, args.teacher_hint)
-    shard = requests[state.process_index::state.num_processes]
-    store = ECRStore(args.store, part=f"rank{state.process_index}")
-    backend = make_backend(args, device=str(state.device) if args.backend == "local" else None)
-    report = run_generation(shard, store, backend, batch_size=args.batch_size,
-                            show_progress=args.show_progress and state.is_local_main_process)
-    write_failures(store, report.failures)
+    store = ECRStore(args.store, part=f"{args.part}{state.process_index}")
+    store.lock()  # up front: an unwritable folder or a part another job writes fails before any model work
+    try:
+        (store.path / "failures").mkdir(exist_ok=True)
+        requests = []
+        for dataset in args.datasets:
+            pairs = load_mmeb_pairs(dataset, image_root=args.image_root)
+            requests += build_requests(pairs, dataset.task_type, args.sides, args.teacher_hint)
+        shard = requests[state.process_index::state.num_processes]
+        backend = make_backend(args, device=str(state.device) if args.backend == "local" else None)
+        report = run_generation(shard, store, backend, batch_size=args.batch_size,
+                                show_progress=args.show_progress and state.is_local_main_process)
+        write_failures(store, report.failures)
+    finally:
+        store.unlock()
     print(f"ECR generation, process {state.process_index + 1}/{state.num_processes} "
           f"({backend.name} -> {args.store}): {report.summary()}", flush=True)
     return 1 if report.failures else 0

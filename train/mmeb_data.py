@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from train.data import normalize_row, read_table, row_id_of
+from train.data import check_unique_ids, normalize_row, read_table, row_id_of
 
 REQUIRED_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 
@@ -71,7 +71,8 @@ def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | N
     present, else the row index.
 
     Raises:
-        `ValueError`: a required column is missing, or a row is malformed (named by dataset, row and field).
+        `ValueError`: a required column is missing, a row is malformed (named by dataset, row and field), two rows
+            share an id, or a JSON line is malformed (named by file and line).
     """
     table = read_table(config.path, config.subset, config.split)
     missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
@@ -86,6 +87,7 @@ def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | N
         row = normalize_row(raw, config.name, row_id_of(raw, index), None if root is None else str(root))
         negatives = [_side(row, "neg")] if row["neg_text"] or row["neg_image"] else []
         pairs.append(MMEBPair(config.name, row["row_id"], _side(row, "qry"), _side(row, "pos"), negatives))
+    check_unique_ids([pair.row_id for pair in pairs], config.name)
     return pairs
 
 

@@ -15,11 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from processing_tte import TASK_TYPES, TTEProcessor
+from processing_tte import REASONER_PROMPTS, SIDES, TASK_TYPES, TTEProcessor
 from train.batching import length_sorted_batches, pad_features
-from train.ecr_store import ecr_key, prompt_hash
-
-logger = logging.getLogger(__name__)
+from train.ecr_store import content_hash, ecr_key, prompt_hash, short_hash
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +56,15 @@ class ECRRequest:
         return f"{self.dataset}/{self.row_id}/{self.side}"
 
 
+def request_hash(request: ECRRequest, reasoner: str) -> str:
+    """A short hash of everything an ECR depends on, computed without loading media or a model: the row's content
+    (`train.ecr_store.content_hash`), side, task type, hint, the reasoner directive of that task and side, and the
+    reasoner's identity (`ReasonerBackend.identity`). A stored record with another request hash is stale."""
+    directive = REASONER_PROMPTS[request.task_type][SIDES.index(request.side)]
+    return short_hash({"content": content_hash(request.row), "side": request.side, "task_type": request.task_type,
+                       "hint": request.hint, "directive": directive, "reasoner": reasoner})
+
+
 @dataclass
 class GenerationOutput:
     """What a backend made of one request: the ECR text and its length in tokens, or an error."""
@@ -77,6 +84,11 @@ class ReasonerBackend:
 
     name: str
     processor: TTEProcessor
+
+    @property
+    def identity(self) -> str:
+        """What makes this reasoner's ECR differ from another's: its name, model and sampling settings."""
+        raise NotImplementedError
 
     def check(self) -> None:
         """Fail early (load the model, reach the server); called once before the first `generate`."""
@@ -127,6 +139,11 @@ class LocalBackend(ReasonerBackend):
             self.sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
         self.seed, self.device, self.dtype, self.batch_size = seed, device, dtype, batch_size
         self.generated_rows = 0  # rows the model actually generated for (a finished job re-run adds none)
+
+    @property
+    def identity(self) -> str:
+        seed = self.seed if self.sampling["do_sample"] else None
+        return short_hash({"name": self.name, "model": self.model_path, "sampling": self.sampling, "seed": seed})
 
     def check(self) -> None:
         import torch
@@ -218,16 +235,62 @@ def openai_messages(messages: list[dict], media: dict) -> list[dict]:
 
 
 _TRANSIENT_STATUS = {408, 409, 429}
+_FAST_RETRIES, _FAST_DELAY = 2, 0.2  # connection refused: the server is not there, so say so within a second
+
+
+def _transient(status: int) -> bool:
+    return status in _TRANSIENT_STATUS or status >= 500
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether an `openai.APIConnectionError` is a refused (or unresolvable) connection rather than a timeout."""
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        return False
+    cause = error.__cause__
+    for _ in range(8):  # the client's error wraps the transport's, which wraps the socket's
+        if cause is None:
+            return False
+        if isinstance(cause, ConnectionRefusedError) or type(cause).__name__ == "ConnectError":
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _failure_text(error: BaseException) -> str:
+    """A row's failure reason, saying how many retries were sent (none for non-transient answers)."""
+    import openai
+
+    if isinstance(error, openai.APIStatusError) and not _transient(error.status_code):
+        return (f"server answered {error.status_code}, not retried (only 408, 409, 429 and 5xx answers and "
+                f"connection errors are): {_error_text(error)}")
+    retries = getattr(error, "retries", 0)
+    return f"server error after {retries} {'retry' if retries == 1 else 'retries'}: {_error_text(error)}"
+
+
+def reply_text(response) -> str:
+    """The ECR text of a chat-completions reply; raises `ValueError` for a reply with no choice or no content."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise ValueError(f"the server replied without choices ({choices!r})")
+    message = getattr(choices[0], "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(content, str) or not content.strip():
+        reason = getattr(choices[0], "finish_reason", None)
+        raise ValueError(f"the server replied with empty content ({content!r}, finish_reason {reason!r})")
+    return content.strip()
 
 
 class OpenAIBackend(ReasonerBackend):
     r"""
     An OpenAI-compatible chat-completions server as the reasoner (`vllm serve`, SGLang, TGI, `transformers serve`).
 
-    Requests run concurrently (at most `max_concurrency` in flight); connection errors, timeouts, 408/409/429 and
-    5xx answers are retried with exponential backoff and jitter, up to `max_retries` times, and then reported as
-    that row's failure. A bad URL raises `ConnectionError`, a model the server does not serve `ValueError`, both
-    before any row is sent.
+    Requests run concurrently (at most `max_concurrency` in flight); timeouts, 408/409/429 and 5xx answers are
+    retried with exponential backoff and jitter, up to `max_retries` times, and then reported as that row's
+    failure; other 4xx answers are not retried. A refused connection is retried at most twice, quickly. A reply
+    without choices or with empty content is that row's failure (never stored). A bad URL raises `ConnectionError`,
+    a rejected API key `PermissionError`, a model the server does not serve `ValueError`, all before any row is sent.
 
     Args:
         base_url (`str`): the API base, e.g. `"http://localhost:8000/v1"`.
@@ -258,24 +321,38 @@ class OpenAIBackend(ReasonerBackend):
         self.max_concurrency, self.max_retries, self.backoff = max_concurrency, max_retries, backoff
         self.requests_sent = 0
 
-    def _with_retries(self, call, what: str):
-        """Run `call()`, retrying transient failures with exponential backoff; re-raises the last error."""
+    @property
+    def identity(self) -> str:
+        return short_hash({"name": self.name, "model": self.model_name, "sampling": self.sampling})
+
+    def _retry_plan(self, error: BaseException, attempt: int) -> tuple[int, float]:
+        """`(retries allowed, delay before the next one)` for a failed request."""
         import openai
 
-        for attempt in range(self.max_retries + 1):
+        if isinstance(error, openai.APIStatusError) and not _transient(error.status_code):
+            return 0, 0.0
+        if isinstance(error, openai.APIConnectionError) and _refused(error):
+            return min(self.max_retries, _FAST_RETRIES), min(self.backoff, _FAST_DELAY) * 2**attempt
+        return self.max_retries, self.backoff * 2**attempt * (1 + random.random() / 2)
+
+    def _with_retries(self, call, what: str):
+        """Run `call()`, retrying transient failures (see `_retry_plan`); re-raises the last error, with the number
+        of retries sent as its `retries` attribute."""
+        import openai
+
+        retries = 0
+        while True:
             try:
                 return call()
-            except openai.APIStatusError as error:
-                if error.status_code not in _TRANSIENT_STATUS and error.status_code < 500:
+            except (openai.APIStatusError, openai.APIConnectionError) as error:
+                limit, delay = self._retry_plan(error, retries)
+                if retries >= limit:
+                    error.retries = retries
                     raise
-                last = error
-            except openai.APIConnectionError as error:  # includes timeouts
-                last = error
-            if attempt < self.max_retries:
-                delay = self.backoff * 2**attempt * (1 + random.random() / 2)
-                logger.warning(f"{what}: {_error_text(last)}; retry {attempt + 1}/{self.max_retries} in {delay:.1f}s")
-                time.sleep(delay)
-        raise last
+                message = _error_text(error)
+            retries += 1
+            logger.warning(f"{what}: {message}; retry {retries}/{limit} in {delay:.1f}s")
+            time.sleep(delay)
 
     def check(self) -> None:
         import openai
@@ -287,8 +364,7 @@ class OpenAIBackend(ReasonerBackend):
                                   "running (e.g. `vllm serve ...`), and is the URL its API base (usually .../v1)?") \
                 from error
         except openai.APIStatusError as error:
-            raise ConnectionError(f"{self.base_url!r} answered {error.status_code} to GET /models: not the base URL "
-                                  "of an OpenAI-compatible API (usually http://host:port/v1)") from error
+            raise self._status_error(error) from error
         if self.model_name in served:
             return
         try:  # some servers load models on demand and list only loaded ones: ask once with a 1-token request
@@ -298,19 +374,35 @@ class OpenAIBackend(ReasonerBackend):
             raise ValueError(f"The server at {self.base_url!r} does not serve model {self.model_name!r} (it lists "
                              f"{served}); it answered {error.status_code}: {error.message}") from error
 
+    def _status_error(self, error) -> Exception:
+        """The error to raise for an HTTP error answer to `GET /models`."""
+        code = error.status_code
+        if code in (401, 403):
+            return PermissionError(f"{self.base_url!r} answered {code} to GET /models: authentication failed; check "
+                                   "the API key (train.generate_ecr reads it from the environment variable named by "
+                                   "--api_key_env, OPENAI_API_KEY by default)")
+        if code in (404, 405):
+            return ConnectionError(f"{self.base_url!r} answered {code} to GET /models: not the base URL of an "
+                                   "OpenAI-compatible API (usually http://host:port/v1)")
+        return ConnectionError(f"{self.base_url!r} answered {code} to GET /models ({_failure_text(error)})")
+
     def _one(self, request: ECRRequest) -> GenerationOutput:
         try:
             messages, media, prompt = self.prepare(request)
+            body = openai_messages(messages, media)
         except (ValueError, FileNotFoundError, OSError) as error:
             return GenerationOutput(error=_error_text(error))
-        body = openai_messages(messages, media)
         try:
             response = self._with_retries(lambda: self.client.chat.completions.create(
                 model=self.model_name, messages=body, **self.sampling), request.where)
         except Exception as error:  # noqa: BLE001 - any server failure becomes this row's reported failure
-            return GenerationOutput(error=f"server error after {self.max_retries} retries: {_error_text(error)}")
-        text = (response.choices[0].message.content or "").strip()
-        tokens = response.usage.completion_tokens if response.usage else len(
+            return GenerationOutput(error=_failure_text(error))
+        try:
+            text = reply_text(response)
+        except ValueError as error:
+            return GenerationOutput(error=f"invalid server reply: {error}")
+        usage = getattr(response, "usage", None)
+        tokens = usage.completion_tokens if usage and usage.completion_tokens else len(
             self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         return GenerationOutput(text=text, num_tokens=tokens, prompt_hash=prompt_hash(prompt))
 
@@ -318,6 +410,3 @@ class OpenAIBackend(ReasonerBackend):
         self.requests_sent += len(requests)
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
             return list(pool.map(self._one, requests))
-
-
-# ------------------------------------------------------------------------------------------------------------ CLI
