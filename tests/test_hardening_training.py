@@ -95,3 +95,14 @@ def test_training_on_a_row_whose_image_is_a_directory_fails_before_the_first_ste
     with pytest.raises(FileNotFoundError, match=expected + rf"{toy / 'images'} is a directory"):
         main(["--config", str(recipe)])
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_collator_names_the_training_row_of_a_bad_text_field(tiny_qwen2_vl):
+    from processing_tte import TTEProcessor
+    from train.collators import TTEContrastiveCollator
+
+    rows = [{"dataset": "D", "row_id": str(i), "qry_text": "q", "qry_image": "", "pos_text": "p", "pos_image": ""}
+            for i in range(2)]
+    rows[1]["qry_instruction"] = float("nan")  # a NaN cell of a table
+    with pytest.raises(TypeError, match=r"query batch of rows \[D/0, D/1\]: query row 1 field 'instruction' must be"):
+        TTEContrastiveCollator(TTEProcessor.from_backbone(tiny_qwen2_vl))(rows)

@@ -142,10 +142,14 @@ class TTEContrastiveCollator:
 MEDIA_FIELDS = tuple(f"{prefix}_image" for prefix, _, _ in BATCH_SIDES.values())
 
 
-def _column(rows, name: str) -> list:
-    """Column `name` of a `datasets.Dataset` (read as a column, not row by row) or of a list of mappings."""
+def _column(rows, name: str, strings_only: bool = False) -> list:
+    """Column `name` of a `datasets.Dataset` (read as a column, not row by row; with `strings_only` only a string
+    column, so that an image column is not decoded) or of a list of mappings."""
     if hasattr(rows, "column_names"):
-        return list(rows[name]) if name in rows.column_names else [None] * len(rows)
+        feature = rows.features.get(name)
+        if feature is None or (strings_only and getattr(feature, "dtype", None) not in ("string", "large_string")):
+            return [None] * len(rows)
+        return list(rows[name])
     return [row.get(name) if isinstance(row, Mapping) else None for row in rows]
 
 
@@ -177,7 +181,7 @@ def check_media_paths(rows, fields: tuple[str, ...] = MEDIA_FIELDS, max_listed: 
     datasets, row_ids = _column(rows, "dataset"), _column(rows, "row_id")
     verdicts, problems = {}, []
     for name in fields:
-        for index, path in enumerate(_column(rows, name)):
+        for index, path in enumerate(_column(rows, name, strings_only=True)):
             if not isinstance(path, (str, os.PathLike)) or not str(path):
                 continue
             if path not in verdicts:
