@@ -524,12 +524,40 @@ class TTEForEmbedding(TTEPreTrainedModel):
 
         Returns:
             [`TTEEmbeddingOutput`] with `embeddings` of shape `(batch_size, dim)`.
+
+        Raises:
+            `ValueError`: when `input_ids` hold image (video) tokens but no `pixel_values` (`pixel_values_videos`) are
+            given, or a row of `attention_mask` is all zeros (it has no token to pool).
         """
+        self.check_inputs(input_ids, attention_mask, backbone_inputs)
         states = self.backbone_states(input_ids, attention_mask, bool(output_hidden_states), **backbone_inputs)
         return TTEEmbeddingOutput(
             embeddings=self.embed_states(states),
             hidden_states=states.hidden_states if output_hidden_states else None,
         )
+
+    def check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                     backbone_inputs: dict) -> None:
+        """Raise `ValueError` for inputs that would embed silently wrong: an all-zero `attention_mask` row (nothing
+        to pool: it would return the state of a padding token), or media tokens in `input_ids` without their pixels
+        (the placeholders would be embedded as text)."""
+        if attention_mask is not None and attention_mask.dim() == 2:
+            empty = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"attention_mask row {empty[0]} is all zeros (empty rows: {empty}): a row needs at "
+                                 f"least one token to embed")
+        if input_ids is None:
+            return
+        vlm_config = self.config.vlm_config
+        for kind, token_key, pixels_key in (("image", "image_token_id", "pixel_values"),
+                                            ("video", "video_token_id", "pixel_values_videos")):
+            token_id = getattr(vlm_config, token_key, None)
+            if token_id is None or backbone_inputs.get(pixels_key) is not None:
+                continue
+            count = int((input_ids == token_id).sum())
+            if count:
+                raise ValueError(f"input_ids hold {count} {kind} tokens (id {token_id}) but no `{pixels_key}` was "
+                                 f"passed: pass the processor's whole output (`model(**batch)`)")
 
     def embed_states(self, states: BackboneStates) -> torch.Tensor:
         """The head, the optional projection and normalisation applied to a backbone pass's states."""
@@ -576,6 +604,7 @@ class TTEForEmbedding(TTEPreTrainedModel):
         eos_token_ids, pad_token_id = self._single_pass_tokens(generate_kwargs)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        self.check_inputs(input_ids, attention_mask, generate_kwargs)
         generate_kwargs.setdefault("do_sample", False)
         first = self.head.first_layer if isinstance(self.head, SelfInitHead) else None
         capture = GenerationCapture(self.vlm.get_decoder(), self._head_hidden_indices(), first)

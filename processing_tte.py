@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,12 @@ REASONER_PROMPTS = {
 TASK_TYPES = tuple(REASONER_PROMPTS)
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_CLOSED_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _ANSWER = re.compile(r"Answer:\s*(.*)", re.DOTALL)
+_ANSWER_START = re.compile(r"(?<!\S)Answer:")  # an `Answer:` that starts a line or follows whitespace
+TEXT_FIELDS = ("text", "instruction", "ecr")
+# backbone processor / tokenizer attributes naming the tokens that the processor itself inserts for media
+MEDIA_TOKEN_ATTRIBUTES = ("image_token", "video_token", "audio_token", "vision_start_token", "vision_end_token")
 
 
 @dataclass
@@ -73,13 +79,26 @@ class ParsedECR:
 
 
 def parse_ecr(text: str) -> ParsedECR:
-    """Split `<think> ... </think> Answer: ...` into its reasoning and its answer."""
-    think_match = _THINK.search(text)
-    tail = text[think_match.end():] if think_match else text
+    """
+    Split `<think> ... </think> Answer: ...` into its reasoning and its answer.
+
+    An unclosed `<think>` (a trace cut off, or a reasoner that never closes it) still has an answer when its text
+    has an `Answer:` that starts a line or follows whitespace: the last such `Answer:` starts the answer.
+    """
+    closed = _CLOSED_THINK.search(text)
+    opened = text.find("<think>")
+    if closed is not None:
+        think, tail = closed.group(1), text[closed.end():]
+    elif opened >= 0:
+        body = text[opened + len("<think>"):]
+        starts = [match.start() for match in _ANSWER_START.finditer(body)]
+        cut = starts[-1] if starts else len(body)
+        think, tail = body[:cut], body[cut:]
+    else:
+        think, tail = None, text
     answer_match = _ANSWER.search(tail)
-    think = think_match.group(1).strip() if think_match else None
     answer = answer_match.group(1).strip() if answer_match else None
-    return ParsedECR(think=think, answer=answer or None)
+    return ParsedECR(think=think.strip() if think is not None else None, answer=answer or None)
 
 
 def format_ecr(think: str | None, answer: str | None) -> str:
@@ -93,11 +112,23 @@ def format_ecr(think: str | None, answer: str | None) -> str:
 
 
 def answer_only(text: str) -> str:
-    """The paper's 'ECR without CoT' ablation: keep only the answer line (the raw text if it has none)."""
+    """
+    The paper's 'ECR without CoT' ablation: keep only the answer line.
+
+    An ECR without an `Answer:` line keeps its text outside `<think> ... </think>` (as its answer); when there is
+    none the result is empty, so that side is embedded without ECR (as with `ecr_mode="none"`). Both log a warning
+    (once).
+    """
     parsed = parse_ecr(text)
     if parsed.answer is not None:
         return format_ecr(None, parsed.answer)
-    return _THINK.sub("", text).strip()
+    rest = _THINK.sub("", text).strip()
+    if rest:
+        logger.warning_once("answer_only: an ECR has no 'Answer:' line; its text outside <think> is used instead")
+    else:
+        logger.warning_once("answer_only: an ECR has no 'Answer:' line and no text outside <think>; that side is "
+                            "embedded without ECR (as with ecr_mode='none')")
+    return rest
 
 
 def load_image(source, where: str) -> Image.Image:
@@ -112,7 +143,7 @@ def load_image(source, where: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{where}: cannot read image {path}: {error}") from error
 
 
@@ -191,20 +222,49 @@ class TTEProcessor(ProcessorMixin):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     # ---------------------------------------------------------------- rows and messages
+    def media_tokens(self) -> list[str]:
+        """The tokens the backbone processor inserts for media (e.g. `<|image_pad|>`), which row text must not hold."""
+        tokens = (getattr(owner, name, None) for owner in (self.backbone, self.tokenizer)
+                  for name in MEDIA_TOKEN_ATTRIBUTES)
+        return list(dict.fromkeys(token for token in tokens if isinstance(token, str) and token))
+
+    def check_row_text(self, row: Mapping, where: str) -> None:
+        """Raise `TypeError` / `ValueError` naming `where` and the field if a text field of `row` (`text`,
+        `instruction`, `ecr`) is not a string, is not valid Unicode (lone surrogates), or holds a media token."""
+        for name in TEXT_FIELDS:
+            value = row.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise TypeError(f"{where} field {name!r} must be a string, got {type(value).__name__} {value!r}")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(f"{where} field {name!r} is not valid Unicode: a lone surrogate "
+                                 f"{value[error.start]!r} at character {error.start}") from None
+            for token in self.media_tokens():
+                if token in value:
+                    raise ValueError(f"{where} field {name!r} contains the backbone's media token {token!r}; pass "
+                                     f"media in the 'image' / 'video' fields (the processor inserts their tokens)")
+
     def _user_turn(self, row: dict, where: str, extra_text: str | None = None) -> tuple[dict, dict]:
-        """The user message of `row` and its loaded media (`{"images": [...], "videos": [...]}`)."""
-        if not isinstance(row, dict):
+        """The user message of `row` and its loaded media (`{"images": [...], "videos": [...]}`, plus `"names"`:
+        the row, field and path of each, for error messages)."""
+        if not isinstance(row, Mapping):
             raise ValueError(f"{where}: expected a dict, got {type(row).__name__}")
         unknown = set(row) - {"image", "video", "text", "instruction", "ecr"}
         if unknown:
             logger.warning_once(f"TTEProcessor ignores row fields {sorted(unknown)}")
-        content, media = [], {"images": [], "videos": []}
-        if row.get("image") is not None:
-            media["images"].append(load_image(row["image"], f"{where} field 'image'"))
-            content.append({"type": "image"})
-        if row.get("video") is not None:
-            media["videos"].append(load_video(row["video"], f"{where} field 'video'"))
-            content.append({"type": "video"})
+        self.check_row_text(row, where)
+        content, media = [], {"images": [], "videos": [], "names": {"images": [], "videos": []}}
+        for field, kind, load in (("image", "images", load_image), ("video", "videos", load_video)):
+            source = row.get(field)
+            if source is None:
+                continue
+            name = f"{where} field {field!r}"
+            media[kind].append(load(source, name))
+            media["names"][kind].append(f"{name} ({source})" if isinstance(source, (str, os.PathLike)) else name)
+            content.append({"type": field})
         text = (row.get("text") or "").strip()
         if not text and not content:
             raise ValueError(f"{where}: needs an image, a video or non-empty text")
@@ -215,25 +275,83 @@ class TTEProcessor(ProcessorMixin):
     def _batch(self, texts: list[str], media: list[dict], padding_side: str) -> BatchFeature:
         images = [image for m in media for image in m["images"]] or None
         videos = [video for m in media for video in m["videos"]] or None
-        return self.backbone(text=texts, images=images, videos=videos, padding=True, padding_side=padding_side,
-                             return_tensors="pt")
+        try:
+            return self.backbone(text=texts, images=images, videos=videos, padding=True, padding_side=padding_side,
+                                 return_tensors="pt")
+        except ValueError as error:
+            culprit = self._failing_media(media)
+            if culprit is None:
+                raise
+            raise ValueError(f"{culprit}: the backbone processor rejects it: {error}") from error
+
+    def _failing_media(self, media: list[dict]) -> str | None:
+        """The name (row, field, path) of the first image or video that the backbone's image / video processor
+        rejects on its own (e.g. an extreme aspect ratio), or `None`."""
+        for row_media in media:
+            for kind, processor in (("images", self.image_processor), ("videos", self.video_processor)):
+                for item, name in zip(row_media[kind], row_media["names"][kind], strict=True):
+                    try:
+                        processor(**{kind: [item]}, return_tensors="pt")
+                    except ValueError:
+                        return name
+        return None
+
+    @staticmethod
+    def _rows(rows, method: str) -> list:
+        """`rows` as a list, or a `TypeError` (a dict would iterate its keys) / `ValueError` (no rows)."""
+        if isinstance(rows, (Mapping, str, bytes)) or not isinstance(rows, Iterable):
+            hint = "; wrap a single row in a list" if isinstance(rows, Mapping) else ""
+            raise TypeError(f"{method} expects a list of rows (dicts), got a {type(rows).__name__}{hint}")
+        rows = list(rows)
+        if not rows:
+            raise ValueError(f"{method} needs at least one row")
+        return rows
 
     # ---------------------------------------------------------------- ECR
+    def _num_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _fit(self, build, text: str, limit: int) -> str | None:
+        """`build(prefix)` for the longest token prefix of `text` whose result has at most `limit` tokens (`None`
+        when even `build("")` is too long)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        keep = min(len(ids), max(limit - self._num_tokens(build("")), 0))
+        while True:
+            candidate = build(self.tokenizer.decode(ids[:keep]).strip())
+            excess = self._num_tokens(candidate) - limit
+            if excess <= 0:
+                return candidate
+            if keep == 0:
+                return None
+            keep = max(keep - excess, 0)
+
     def truncate_ecr(self, ecr: str, max_tokens: int | None = None) -> str:
-        """Cut `ecr` to `max_tokens` tokens (default `self.max_ecr_tokens`), shortening the reasoning first so the
-        `Answer:` line survives; logs a warning when it truncates."""
+        """
+        Cut `ecr` to `max_tokens` tokens (default `self.max_ecr_tokens`), logging a warning when it cuts. The
+        reasoning goes first so the `Answer:` line survives; an answer that alone exceeds the budget is kept and cut
+        itself (the reasoning is dropped). An ECR without an answer is cut at the token limit.
+        """
         limit = max_tokens or self.max_ecr_tokens
-        ids = self.tokenizer(ecr, add_special_tokens=False)["input_ids"]
-        if len(ids) <= limit:
+        length = self._num_tokens(ecr)
+        if length <= limit:
             return ecr
-        logger.warning(f"Truncating an ECR of {len(ids)} tokens to max_ecr_tokens={limit}")
+        logger.warning(f"Truncating an ECR of {length} tokens to max_ecr_tokens={limit}")
         parsed = parse_ecr(ecr)
-        if parsed.think is not None and parsed.answer is not None:
-            budget = limit - len(self.tokenizer(format_ecr("", parsed.answer), add_special_tokens=False)["input_ids"])
-            if budget > 0:
-                think_ids = self.tokenizer(parsed.think, add_special_tokens=False)["input_ids"][:budget]
-                return format_ecr(self.tokenizer.decode(think_ids).strip(), parsed.answer)
-        return self.tokenizer.decode(ids[:limit])
+        if parsed.answer is not None:
+            def build(reasoning: str) -> str:
+                if parsed.think is not None:
+                    return format_ecr(reasoning, parsed.answer)
+                return f"{reasoning} {format_ecr(None, parsed.answer)}".strip()  # plain text before the answer
+
+            reasoning = parsed.think if parsed.think is not None else ecr[:_ANSWER.search(ecr).start()].strip()
+            if self._num_tokens(build("")) <= limit:
+                return self._fit(build, reasoning, limit)
+            logger.warning(f"The answer of an ECR alone exceeds max_ecr_tokens={limit}: dropping its reasoning and "
+                           f"cutting the answer")
+            cut = self._fit(lambda answer: format_ecr(None, answer), parsed.answer, limit)
+            if cut is not None:
+                return cut
+        return self.tokenizer.decode(self.tokenizer(ecr, add_special_tokens=False)["input_ids"][:limit])
 
     def embedder_ecr(self, ecr: str | None) -> str:
         """The ECR text the embedder reads for `ecr` under this processor's `ecr_mode`."""
@@ -249,11 +367,9 @@ class TTEProcessor(ProcessorMixin):
         prompt = self.backbone.apply_chat_template([user_turn], tokenize=False, add_generation_prompt=True)
         return prompt + self.embedder_ecr(ecr) + self.tokenizer.eos_token
 
-    def _embedder_batch(self, rows: list[dict], side: str, padding_side: str) -> BatchFeature:
-        if not rows:
-            raise ValueError(f"process_{side}s needs at least one row")
+    def _embedder_batch(self, rows: list[dict], side: str, method: str, padding_side: str) -> BatchFeature:
         texts, media = [], []
-        for index, row in enumerate(rows):
+        for index, row in enumerate(self._rows(rows, method)):
             turn, row_media = self._user_turn(row, f"{side} row {index}")
             texts.append(self.embedder_text(turn, row.get("ecr")))
             media.append(row_media)
@@ -261,11 +377,11 @@ class TTEProcessor(ProcessorMixin):
 
     def process_queries(self, rows: list[dict], padding_side: str = "right") -> BatchFeature:
         """Embedder inputs for query rows (`image`, `video`, `text`, `instruction`, `ecr`)."""
-        return self._embedder_batch(rows, "query", padding_side)
+        return self._embedder_batch(rows, "query", "process_queries", padding_side)
 
     def process_targets(self, rows: list[dict], padding_side: str = "right") -> BatchFeature:
         """Embedder inputs for target/candidate rows (same fields as queries)."""
-        return self._embedder_batch(rows, "target", padding_side)
+        return self._embedder_batch(rows, "target", "process_targets", padding_side)
 
     # ---------------------------------------------------------------- reasoner inputs
     def reasoner_messages(self, row: dict, task_type: str, side: str = "query", hint: str | None = None,
@@ -286,8 +402,7 @@ class TTEProcessor(ProcessorMixin):
     def process_reasoner_inputs(self, rows: list[dict], task_type: str, side: str = "query",
                                 hints: list[str | None] | None = None) -> BatchFeature:
         """Left-padded generation inputs asking a reasoner for each row's ECR."""
-        if not rows:
-            raise ValueError("process_reasoner_inputs needs at least one row")
+        rows = self._rows(rows, "process_reasoner_inputs")
         hints = hints or [None] * len(rows)
         texts, media = [], []
         for index, (row, hint) in enumerate(zip(rows, hints, strict=True)):

@@ -137,3 +137,23 @@ def test_generation_and_training_key_rows_alike(tmp_path):
     assert [p.row_id for p in pairs] == list(train["row_id"]) == ["q0", "q1", "q2"]
     assert pairs[1].query == {"text": "question 1", "image": str(tmp_path / "a.png")} and train[1]["qry_text"] == \
         "question 1"
+
+
+def test_target_ids_tell_apart_equal_targets_with_different_ecr(toy, processor, tmp_path):
+    rows = _rows(toy, 1)
+    base = dict(rows[0], pos_text="a red square")
+    same = [dict(base, row_id="a", pos_ecr="Answer: red"), dict(base, row_id="b", pos_ecr="Answer: red"),
+            dict(base, row_id="c", pos_ecr="Answer: crimson"), dict(base, row_id="d", pos_ecr="")]
+    ids = TTEContrastiveCollator(processor)(same)["target_ids"].tolist()
+    assert ids[0] == ids[1] and len({ids[0], ids[2], ids[3]}) == 3
+    # the same through the store: two rows with one target text whose stored target ECR differ
+    from train.ecr_store import ECRRecord
+
+    store = ECRStore(tmp_path / "store")
+    store.add([ECRRecord(dataset="D", row_id=row_id, side="target", ecr=ecr, answer=None, reasoner="teacher",
+                         prompt_hash="0" * 16)
+               for row_id, ecr in (("0", "Answer: red"), ("1", "Answer: scarlet"))])
+    plain = {"dataset": "D", "qry_text": "q", "qry_image": "", "pos_text": "a red square", "pos_image": ""}
+    collator = TTEContrastiveCollator(processor, ecr_store=store, ecr_sides=("target",))
+    first, second = collator([dict(plain, row_id="0"), dict(plain, row_id="1")])["target_ids"].tolist()
+    assert first != second

@@ -120,3 +120,27 @@ def test_cli_recipe_and_bad_inputs(tiny_qwen2_vl, teacher_data, tmp_path):
                       ModelConfig(model_name_or_path=tiny_qwen2_vl))
     with pytest.raises(ValueError, match="unknown fields"):
         DistillArguments(store="x", datasets=[{"name": "d", "path": "p", "colour": "red"}])
+
+
+def test_sft_batches_supervise_only_the_completion_tokens(tiny_qwen2_vl, teacher_data, tmp_path):
+    """The loss covers the teacher's ECR (and the end-of-turn token that closes it), never the prompt: whatever
+    SFTConfig asked for, the labels of every training batch are -100 up to the assistant turn."""
+    args, _, _ = teacher_data
+    trainer = build_trainer(args, sft_config(tmp_path, completion_only_loss=False),
+                            ModelConfig(model_name_or_path=tiny_qwen2_vl, dtype="float32"))
+    tokenizer = trainer.processing_class.tokenizer
+    completions = {example["completion"][0]["content"][0]["text"] for example in trainer.train_dataset}
+    assistant = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    rows = 0
+    for batch in trainer.get_train_dataloader():
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            ids, labels = ids.tolist(), labels.tolist()
+            starts = [i + len(assistant) for i in range(len(ids)) if ids[i:i + len(assistant)] == assistant]
+            assert len(starts) == 1
+            supervised = [i for i, label in enumerate(labels) if label != -100]
+            assert supervised and min(supervised) >= starts[0]  # nothing of the prompt (or the image) is trained on
+            assert all(labels[i] == ids[i] for i in supervised)
+            text = tokenizer.decode([ids[i] for i in supervised])
+            assert text.removesuffix("\n").removesuffix("<|im_end|>") in completions
+            rows += 1
+    assert rows == len(trainer.train_dataset)

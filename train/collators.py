@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,7 +112,7 @@ class TTEContrastiveCollator:
         method = self.processor.process_queries if side == "query" else self.processor.process_targets
         try:
             return dict(method(rows))
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, TypeError, FileNotFoundError) as error:
             raise type(error)(f"{side} batch of rows [{', '.join(names)}]: {error}") from error
 
     def __call__(self, rows: list[Mapping]) -> dict[str, dict]:
@@ -138,6 +139,62 @@ class TTEContrastiveCollator:
         return batch
 
 
+MEDIA_FIELDS = tuple(f"{prefix}_image" for prefix, _, _ in BATCH_SIDES.values())
+
+
+def _column(rows, name: str, strings_only: bool = False) -> list:
+    """Column `name` of a `datasets.Dataset` (read as a column, not row by row; with `strings_only` only a string
+    column, so that an image column is not decoded) or of a list of mappings."""
+    if hasattr(rows, "column_names"):
+        feature = rows.features.get(name)
+        if feature is None or (strings_only and getattr(feature, "dtype", None) not in ("string", "large_string")):
+            return [None] * len(rows)
+        return list(rows[name])
+    return [row.get(name) if isinstance(row, Mapping) else None for row in rows]
+
+
+def _path_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be an image file (missing, a directory, not a regular file, empty), or `None`."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot stat it ({error.strerror or error})"
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory, not an image file"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    return "is an empty file" if info.st_size == 0 else None
+
+
+def check_media_paths(rows, fields: tuple[str, ...] = MEDIA_FIELDS, max_listed: int = 5) -> None:
+    """
+    Check, before training, that every image path of training `rows` (a `datasets.Dataset` or a list of mappings
+    with `dataset`, `row_id` and `qry_image` / `pos_image` / `neg_image`) is a non-empty regular file: one `stat` per
+    distinct path, no image is opened. PIL images and empty paths are skipped.
+
+    Raises:
+        `FileNotFoundError` naming the dataset, row, field and path of the first `max_listed` bad paths, and their
+        number.
+    """
+    datasets, row_ids = _column(rows, "dataset"), _column(rows, "row_id")
+    verdicts, problems = {}, []
+    for name in fields:
+        for index, path in enumerate(_column(rows, name, strings_only=True)):
+            if not isinstance(path, (str, os.PathLike)) or not str(path):
+                continue
+            if path not in verdicts:
+                verdicts[path] = _path_problem(path)
+            if verdicts[path] is not None:
+                problems.append(f"dataset {datasets[index]!r} row {row_ids[index]!r} field {name!r}: {path} "
+                                f"{verdicts[path]}")
+    if problems:
+        listed = "\n  ".join(problems[:max_listed]) + ("\n  ..." if len(problems) > max_listed else "")
+        raise FileNotFoundError(f"{len(problems)} image path(s) of the training data cannot be read (checked before "
+                                f"training; set check_media_paths=False to skip the check):\n  {listed}")
+
+
 def target_id(row: Mapping, target: dict) -> int:
     """A 64-bit content id of a positive target; a PIL image (no path to compare) makes it unique to its row."""
     image = target["image"]
@@ -149,4 +206,4 @@ def target_id(row: Mapping, target: dict) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-__all__ = ["TTEContrastiveCollator", "target_id"]
+__all__ = ["TTEContrastiveCollator", "check_media_paths", "target_id"]

@@ -69,6 +69,21 @@ class DataArguments:
     on_missing_ecr: str = field(default="error", metadata={"help": "'error' or 'no_ecr' (warn, count)."})
 
 
+def read_recipe(path: str) -> dict:
+    """The option: value mapping of a `--config` YAML file; `ValueError` naming the file if it is not one."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            recipe = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}") from error
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a --config recipe must be a YAML mapping of option: value (e.g. "
+                         f"'learning_rate: 1e-4'), got a {type(recipe).__name__}")
+    return recipe
+
+
 def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TTEContrastiveConfig, list]:
     """`(model_args, data_args, training_args, dataset_specs)` from `--config` YAML and command-line overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -79,8 +94,7 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TTEContrastive
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     recipe, inline_datasets = {}, None
     if known.config:
-        with open(known.config, encoding="utf-8") as handle:
-            recipe = yaml.safe_load(handle) or {}
+        recipe = read_recipe(known.config)
         if isinstance(recipe.get("datasets"), list):
             inline_datasets = recipe.pop("datasets")
         allowed = {f.name for cls in (ModelArguments, DataArguments, TTEContrastiveConfig) for f in fields(cls)}

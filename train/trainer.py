@@ -17,6 +17,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
+from .collators import check_media_paths
 from .data import HomogeneousSampler, dataset_names_of
 from .gradcache import RandomState, split_batch
 from .losses import InfoNCELoss
@@ -50,6 +51,9 @@ class TTEContrastiveConfig(TrainingArguments):
             Sample blocks of `sub_batch_size` consecutive rows from one source dataset (the rows' `dataset` field).
         sub_batch_size (`int`, *optional*):
             Rows per homogeneous block; defaults to `per_device_train_batch_size`.
+        check_media_paths (`bool`, *optional*, defaults to `True`):
+            Before training, check (one `stat` per distinct path) that every image path of the training rows is a
+            file, so a missing file or a directory fails up front, naming the dataset, row and path.
     """
 
     loss_temperature: float | None = field(default=None, metadata={"help": "InfoNCE temperature (model default)."})
@@ -61,9 +65,14 @@ class TTEContrastiveConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for the collator."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal batches on every rank."})
     ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "DDP buffer broadcast per forward."})
+    check_media_paths: bool = field(default=True, metadata={"help": "Check the training image paths up front."})
 
     def __post_init__(self):
         super().__post_init__()
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TTEContrastiveConfig.{name} must be a positive integer, got {value!r}")
         for name in ("loss_temperature", "gradcache_chunk_size", "sub_batch_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -157,6 +166,8 @@ class TTEContrastiveTrainer(Trainer):
         if not isinstance(self.args, TTEContrastiveConfig):
             raise ValueError(f"TTEContrastiveTrainer needs TTEContrastiveConfig arguments, got "
                              f"{type(self.args).__name__}")
+        if self.args.check_media_paths and self.train_dataset is not None and has_length(self.train_dataset):
+            check_media_paths(self.train_dataset)
         temperature = self.args.loss_temperature or self.model.config.loss_temperature
         self.loss_fn = loss_fn or InfoNCELoss(temperature, symmetric=self.args.symmetric_loss,
                                               gather_across_devices=self.args.cross_device_negatives)
