@@ -4,7 +4,7 @@ into `train.generate_ecr` when records are missing and a reasoner backend is giv
 from __future__ import annotations
 
 from eval.data import TaskData
-from train.ecr_store import ECRStore, ecr_key
+from train.ecr_store import ECRStore, StaleECRError, ecr_key
 
 ECR_MODES = ("full", "answer_only", "none")
 
@@ -31,13 +31,37 @@ def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batc
     return run_generation(requests, store, backend, batch_size=batch_size, show_progress=False)
 
 
+def _lookup(data: TaskData, store: ECRStore) -> tuple[dict, list, list]:
+    """`(ECR by key, stale keys, missing keys)`: a record counts only when it was written for the row's content."""
+    name = data.spec.name
+    rows = [(ecr_key(name, q.row_id, "query"), q.row) for q in data.queries]
+    rows += [(ecr_key(name, cand, "target"), row) for cand, row in data.corpus.items()]
+    found, stale, missing = {}, [], []
+    for key, row in rows:
+        try:
+            record = store.get(*key, content=row)
+        except StaleECRError:
+            stale.append(key)
+            continue
+        if record is None:
+            missing.append(key)
+        else:
+            found[key] = record.ecr
+    return found, stale, missing
+
+
+def _shown(keys) -> str:
+    return ", ".join(f"{side} row {row_id!r}" for _, row_id, side in keys[:3])
+
+
 def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", backend=None,
                batch_size: int = 16, rank: int = 0, world: int = 1, barrier=lambda: None) -> TaskData:
     """Put each query's and candidate's ECR into its row (`row["ecr"]`), in place.
 
     `ecr_mode="none"` is the no-ECR baseline: rows get no ECR and no store is needed. Otherwise records come from
-    `store`; missing ones are generated with `backend` when given (each of `world` processes generates its share
-    into its own part of the store), else `MissingECRError` names the task and rows.
+    `store`, and only records written for the row's content count (a record of another row, e.g. after rows were
+    inserted, is stale). Missing and stale ones are generated with `backend` when given (each of `world` processes
+    generates its share into its own part of the store), else `MissingECRError` names the task and rows.
     """
     if ecr_mode not in ECR_MODES:
         raise ValueError(f"ecr_mode must be one of {list(ECR_MODES)}, got {ecr_mode!r}")
@@ -47,22 +71,24 @@ def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", b
     if store is None:
         raise MissingECRError(f"task {name}: ecr_mode={ecr_mode!r} needs an ECR store; pass one (--ecr-store) or use "
                               f"ecr_mode='none' for the no-ECR baseline")
-    keys = ecr_keys(data)
     barrier()  # every process sees the same store before splitting the missing records
     store.reload()
-    missing = store.missing(keys)
-    if missing and backend is not None:
-        generate_missing_ecr(data, missing[rank::world], store, backend, batch_size)
+    found, stale, missing = _lookup(data, store)
+    if (stale or missing) and backend is not None:
+        generate_missing_ecr(data, (missing + stale)[rank::world], store, backend, batch_size)
         barrier()
         store.reload()
-        missing = store.missing(keys)
+        found, stale, missing = _lookup(data, store)
+    total = len(data.queries) + len(data.corpus)
+    if stale:
+        raise MissingECRError(f"task {name}: {len(stale)} of {total} ECR records in {store.path} were written for "
+                              f"other rows or content (e.g. {_shown(stale)}); regenerate them with a reasoner backend")
     if missing:
-        shown = ", ".join(f"{side} row {row_id!r}" for _, row_id, side in missing[:3])
-        raise MissingECRError(f"task {name}: {len(missing)} of {len(keys)} ECR records are missing from the store "
-                              f"{store.path} (e.g. {shown}); give a reasoner backend to generate them, or use "
-                              f"ecr_mode='none' for the no-ECR baseline")
+        raise MissingECRError(f"task {name}: {len(missing)} of {total} ECR records are missing from the store "
+                              f"{store.path} (e.g. {_shown(missing)}); give a reasoner backend to generate them, or "
+                              f"use ecr_mode='none' for the no-ECR baseline")
     for query in data.queries:
-        query.row["ecr"] = store.get(name, query.row_id, "query").ecr
+        query.row["ecr"] = found[ecr_key(name, query.row_id, "query")]
     for cand, row in data.corpus.items():
-        row["ecr"] = store.get(name, cand, "target").ecr
+        row["ecr"] = found[ecr_key(name, cand, "target")]
     return data

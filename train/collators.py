@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from .ecr_store import ECRStore
+from .data import side_content
+from .ecr_store import ECRStore, StaleECRError
 
 logger = logging.get_logger(__name__)
 
@@ -80,7 +81,11 @@ class TTEContrastiveCollator:
             return own
         if self.ecr_store is None or side not in self.ecr_sides or self.processor.ecr_mode == "none":
             return None
-        record = self.ecr_store.get(row["dataset"], f"{row['row_id']}{suffix}", store_side)
+        try:
+            record = self.ecr_store.get(row["dataset"], f"{row['row_id']}{suffix}", store_side,
+                                        content=side_content(row, prefix))
+        except StaleECRError as error:
+            raise ValueError(f"{row_name(row, index)}: {error}") from error
         if record is not None:
             return record.ecr
         message = (f"{row_name(row, index)}: no {store_side} ECR in the store {self.ecr_store.path} for the {side} "

@@ -94,7 +94,7 @@ def distillation_dataset(args: DistillArguments, processor: TTEProcessor):
     for config in args.datasets:
         for pair in load_mmeb_pairs(config, image_root=args.image_root):
             for side in args.sides:
-                record = store.get(pair.dataset, pair.row_id, side)
+                record = store.get(pair.dataset, pair.row_id, side, content=getattr(pair, side))
                 if record is None or (args.teacher is not None and record.reasoner != args.teacher):
                     missing += 1
                     continue
