@@ -54,6 +54,23 @@ REASONER_PROMPTS = {
         "Reason about the frames in order: the events, actions and objects, then answer.",
         "Summarise the events and content of this video or description.",
     ),
+    "video_classification": (
+        "Reason about the frames in order: the actions, objects and setting, then name the category of the video.",
+        "Describe what this category looks like in a video: the typical actions, objects and setting.",
+    ),
+    "video_qa": (
+        "Reason about the frames in order to answer the question, then give the answer option's text.",
+        "Restate this answer option and what a video would have to show for it to be right.",
+    ),
+    "video_retrieval": (
+        "Reason about the description and describe the video that should be retrieved: its scenes, actions and "
+        "objects in order.",
+        "Summarise the events and content of this video in order, as a description of it would.",
+    ),
+    "moment_retrieval": (
+        "Reason about the moment the query describes and what a short clip of exactly that moment would show.",
+        "Summarise what happens in this short clip: the actions, objects and setting.",
+    ),
     "visual_document": (
         "Reason about what information the query asks for and what a relevant page would contain.",
         "Summarise the information this document page contains.",

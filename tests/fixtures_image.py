@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from eval.tasks import get_task
-from tests.published import hub_snapshot_dir, image, pack_media, write_annotations
+from tests.published import hub_snapshot_dir, image, pack_media, source_kwargs, write_annotations
 
 REPOS = {"mmeb_v2": "ziyjiang/MMEB_Test_Instruct", "mmeb_v1": "TIGER-Lab/MMEB-eval"}
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "magenta")
@@ -72,14 +72,6 @@ def _zip_tree(folder: Path) -> bytes:
             if path.is_file():
                 archive.write(path, path.relative_to(folder).as_posix())
     return buffer.getvalue()
-
-
-def source_kwargs(layout: str, root: Path) -> dict:
-    """The `DataSource` keyword arguments for fixtures written under `root` in `layout`."""
-    root = Path(root)
-    if layout == "hub":
-        return {"data_root": None, "mmeb_root": None, "cache_dir": root / "cache", "hub_cache": root}
-    return {"data_root": root / "data", "mmeb_root": root / "mmeb", "cache_dir": root / "cache"}
 
 
 def write_rows(task: str, layout: str, root, rows: list[dict], benchmark: str = "mmeb_v2", features=None) -> dict:

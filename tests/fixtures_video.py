@@ -15,7 +15,7 @@ from pathlib import Path
 from eval.mmeb.video_classification import label_list
 from eval.mmeb.video_qa import SUBSETS
 from eval.tasks import get_task
-from tests.published import frames, image, pack_media, write_annotations
+from tests.published import frames, image, pack_media, source_kwargs, write_annotations
 
 RETRIEVAL_FRAMES = (8, 30, 12)  # frames per video folder of the retrieval rows (the reference needs >= 8)
 CLASSIFICATION_FRAMES = (8, 30, 5)  # the last one has fewer than 8: all of them are used
@@ -143,14 +143,6 @@ def configs_of(task: str, rows) -> dict:
     if isinstance(rows, dict):
         return {name: {split: subset_rows} for name, subset_rows in rows.items()}
     return {config: {split: rows}}
-
-
-def source_kwargs(layout: str, root: Path) -> dict:
-    """The `DataSource` keyword arguments for fixtures written under `root` in `layout`."""
-    root = Path(root)
-    if layout == "hub":
-        return {"data_root": None, "mmeb_root": None, "cache_dir": root / "cache", "hub_cache": root}
-    return {"data_root": root / "data", "mmeb_root": root / "mmeb", "cache_dir": root / "cache"}
 
 
 def write_rows(task: str, layout: str, root, rows) -> dict:

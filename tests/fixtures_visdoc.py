@@ -14,8 +14,7 @@ from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
 from eval.tasks import get_task
-from tests.fixtures_image import source_kwargs
-from tests.published import write_annotations
+from tests.published import source_kwargs, write_annotations
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 CORPUS_FEATURES = Features({"corpus-id": Value("string"), "image": Image()})

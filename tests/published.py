@@ -44,6 +44,15 @@ def revision(repo: str) -> str:
     return hashlib.sha1(f"{REVISION}:{repo}".encode()).hexdigest()
 
 
+def source_kwargs(layout: str, root: Path) -> dict:
+    """The `eval.mmeb.DataSource` keyword arguments for fixtures written under `root` in `layout`: the hub cache
+    is `root` itself, local annotations are under `root/data`, the MMEB-V2 media tree under `root/mmeb`."""
+    root = Path(root)
+    if layout == "hub":
+        return {"data_root": None, "mmeb_root": None, "cache_dir": root / "cache", "hub_cache": root}
+    return {"data_root": root / "data", "mmeb_root": root / "mmeb", "cache_dir": root / "cache"}
+
+
 def hub_snapshot_dir(hub_root: Path, repo: str) -> Path:
     """The snapshot folder of dataset `repo` in a hub cache rooted at `hub_root` (with `refs/main`)."""
     base = Path(hub_root) / ("datasets--" + repo.replace("/", "--"))

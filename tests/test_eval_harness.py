@@ -184,3 +184,45 @@ def test_two_processes_score_as_one(tte_model, tmp_path):
         one, two = (json.loads((tmp_path / run_dir / "mmeb_v2" / modality / f"{task}_score.json").read_text())
                     for run_dir in ("one", "two"))
         assert one == pytest.approx(two, abs=1e-6)
+
+
+def _writer(spec):
+    return fixtures_visdoc if spec.modality == "visdoc" else fixtures_video if spec.modality == "video" \
+        else fixtures_image
+
+
+def test_check_data_finds_every_task_of_both_benchmarks(tmp_path):
+    from eval.tasks import all_tasks
+
+    for spec in all_tasks("mmeb_v2").values():
+        flags = source_args(_writer(spec).write(spec.name, "snapshot", tmp_path / "v2"))
+    reports = main(["--check-data", "--tasks", "all", *flags])
+    assert len(reports) == 78 and all(r["ok"] for r in reports.values())
+    for spec in all_tasks("mmeb_v1").values():
+        flags = source_args(fixtures_image.write(spec.name, "save_to_disk", tmp_path / "v1", benchmark="mmeb_v1"))
+    reports = main(["--check-data", "--benchmark", "v1", "--tasks", "all", *flags])
+    assert len(reports) == 36 and all(r["ok"] for r in reports.values())
+
+
+def test_a_reasoner_thinks_for_every_family_then_nothing_is_regenerated(tiny_qwen2_vl, tte_model, tmp_path):
+    from eval.ecr import ecr_keys
+    from eval.mmeb import DataSource, load_task
+    from eval.tasks import get_task
+
+    tasks = ["MSCOCO_t2i", "SmthSmthV2", "NExTQA", "MSR-VTT", "QVHighlight", "ViDoRe_arxivqa"]
+    for task in tasks:
+        kwargs = _writer(get_task(task)).write(task, "snapshot", tmp_path / "data")
+    store_dir = tmp_path / "ecr"
+    run = ["--model", str(tte_model), "--tasks", ",".join(tasks), *source_args(kwargs), "--ecr-store",
+           str(store_dir), "--reasoner-max-new-tokens", "3"]
+    scores = main(run + ["--reasoner", tiny_qwen2_vl, "--out", str(tmp_path / "first")])
+    assert set(scores) == set(tasks)
+    store = ECRStore(store_dir)
+    for task in tasks:
+        keys = ecr_keys(load_task(get_task(task), DataSource(**kwargs)))
+        assert store.missing(keys) == [], task
+        assert {store.get(*key).reasoner for key in keys} == {tiny_qwen2_vl}
+    lines = (store_dir / "eval-rank0.jsonl").read_text()
+    # a complete store: a reasoner that cannot load is never needed, and nothing is written
+    again = main(run + ["--reasoner", str(tmp_path / "no-such-reasoner"), "--out", str(tmp_path / "second")])
+    assert (store_dir / "eval-rank0.jsonl").read_text() == lines and again == scores

@@ -18,6 +18,7 @@ that repo and unpacked once into `cache_dir`, exactly as the download script unp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -73,10 +74,16 @@ class DataSource:
         self.cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir is not None else DEFAULT_CACHE
         self.hub_cache = Path(self.hub_cache).expanduser() if self.hub_cache is not None else None
 
-    @property
-    def datasets_cache(self) -> str:
-        """The `datasets` cache of the tables read (Arrow files `load_dataset` writes), under `cache_dir`."""
-        return str(self.cache_dir / "datasets")
+    def datasets_cache(self, files: Path) -> str:
+        """Where `load_dataset` caches the Arrow table of `files` (a file or folder): a folder under `cache_dir`
+        named by the files' paths, sizes and modification times, so annotations edited in place are read again
+        (`datasets` alone would reuse its table of the old files)."""
+        paths = [files] if files.is_file() else sorted(p for p in files.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for path in paths:
+            stat = path.stat()
+            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return str(self.cache_dir / "datasets" / digest.hexdigest()[:20])
 
     @property
     def mode(self) -> str:
@@ -92,9 +99,9 @@ class DataSource:
         for path in _local_candidates(self.data_root, task, repo):
             tried.append(path)
             if path.is_file():
-                return _file_table(path, task, self.datasets_cache)
+                return _file_table(path, task, self.datasets_cache(path))
             if path.is_dir():
-                return _folder_table(path, task, config, split, self.datasets_cache)
+                return _folder_table(path, task, config, split, self.datasets_cache(path))
         raise DataSourceError(f"task {task}: no annotations for {repo} (config {config}, split {split}) under "
                               f"{self.data_root}; looked for {', '.join(str(p) for p in tried)}")
 
@@ -110,7 +117,7 @@ class DataSource:
             raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
                                   f"from the hub or its cache ({type(error).__name__}: {error}); download them "
                                   f"or pass --data-root with local copies") from error
-        return _folder_table(folder, task, config, split, self.datasets_cache)
+        return _folder_table(folder, task, config, split, self.datasets_cache(folder))
 
     # ------------------------------------------------------------------ media
     def media_dir(self, task: str, relative: str) -> Path:
