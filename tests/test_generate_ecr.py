@@ -219,3 +219,10 @@ def test_accelerate_two_processes_shard_rows(tiny_qwen2_vl, tmp_path, capsys):
     assert main(_cli_args(tiny_qwen2_vl, data, root, tmp_path / "single")) == 0
     capsys.readouterr()
     assert {r.key: r for r in ECRStore(tmp_path / "sharded")} == {r.key: r for r in ECRStore(tmp_path / "single")}
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--max_new_tokens", "--max_concurrency"])
+def test_non_positive_sizes_fail_before_any_data_is_read(flag, tmp_path):
+    datasets = json.dumps({"name": "d", "path": str(tmp_path / "absent.jsonl")})
+    with pytest.raises(ValueError, match=f"{flag[2:]} must be a positive integer"):
+        main(["--model", "m", "--store", str(tmp_path / "s"), "--datasets", datasets, flag, "0"])

@@ -211,6 +211,11 @@ class GenerateECRArguments:
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
+        for name in ("batch_size", "max_new_tokens", "max_concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
         self.datasets = [dataset_config(spec) for spec in self.datasets]
         if not self.datasets:
             raise ValueError("generate_ecr needs at least one entry in `datasets`")
