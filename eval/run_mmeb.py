@@ -124,25 +124,10 @@ def main(argv=None) -> dict:
     return evaluate(args, parser, tasks, source, benchmark)
 
 
-def process_state():
-    """This process's `accelerate.PartialState` (gloo on machines without CUDA); refuses a launch whose processes
-    do not form one group (each would evaluate everything)."""
-    import os
-
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != state.num_processes:
-        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes} (check the "
-                           "`accelerate launch` flags)")
-    return state
-
-
 def evaluate(args, parser, tasks, source: DataSource, benchmark: str) -> dict:
     from eval.harness import evaluate_model
     from train.ecr_store import ECRStore
+    from train.processes import process_state
 
     state = process_state()
     logging.getLogger(__name__).info("process %d/%d", state.process_index + 1, state.num_processes)

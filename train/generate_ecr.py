@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from processing_tte import TTEProcessor, parse_ecr
 from train.ecr_store import ECRRecord, ECRStore, content_hash
 from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
+from train.processes import process_state
 from train.reasoner_backends import (
     ECRRequest,
     LocalBackend,
@@ -263,28 +264,13 @@ def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], s
     return path
 
 
-def _process_state():
-    """This process's rank and the world size under `accelerate launch`/`torchrun` (gloo on machines without CUDA)."""
-    import os
-
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != state.num_processes:
-        raise RuntimeError(f"launched as {launched} processes but accelerate sees {state.num_processes}: every "
-                           "process would generate every row (check the `accelerate launch` flags)")
-    return state
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ECR generation from a recipe; returns the exit status (1 if any row failed)."""
     from trl import TrlParser
 
     (args,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state = _process_state()
+    state = process_state()
     store = ECRStore(args.store, part=f"{args.part}{state.process_index}")
     store.lock()  # up front: an unwritable folder or a part another job writes fails before any model work
     try:
