@@ -146,8 +146,21 @@ class DataSource:
         return root
 
 
+def _hub_cache_snapshot(data_root: Path, repo: str) -> Path | None:
+    """The snapshot of `repo` when `data_root` is a hub cache folder (`datasets--org--name/snapshots/<rev>`): the
+    revision `refs/main` names, else the only one."""
+    base = data_root / ("datasets--" + repo.replace("/", "--"))
+    ref = base / "refs" / "main"
+    if ref.is_file():
+        return base / "snapshots" / ref.read_text(encoding="utf-8").strip()
+    snapshots = sorted((base / "snapshots").glob("*")) if (base / "snapshots").is_dir() else []
+    return snapshots[0] if len(snapshots) == 1 else None
+
+
 def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path]:
     names = [data_root / repo, data_root / repo.split("/")[-1]] if repo else []
+    snapshot = _hub_cache_snapshot(data_root, repo) if repo else None
+    names += [snapshot] if snapshot is not None else []
     names.append(data_root / task)
     names += [data_root / f"{task}{suffix}" for suffix in DATA_SUFFIXES]
     return list(dict.fromkeys(names))
@@ -197,6 +210,11 @@ def _folder_table(folder: Path, task: str, config: str | None, split: str, cache
             return data
     try:
         return load_dataset(str(folder), config, split=split, cache_dir=cache)
+    except ValueError as error:  # a config the README does not list: its folder's files, split by file name
+        if not (config and (folder / config).is_dir() and "config" in str(error).lower()):
+            raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
+                                  f"({type(error).__name__}: {error})") from error
+        return _folder_table(folder / config, task, None, split, cache)
     except Exception as error:
         raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
                               f"({type(error).__name__}: {error})") from error
