@@ -66,7 +66,7 @@ def test_every_video_task_loads_from_a_snapshot_and_the_mmeb_tree(task, tmp_path
     report = check_task(spec, source)
     assert report["ok"], report
     data = load_task(spec, source)
-    assert report["rows"] == len(data.queries) >= 2 and spec.task_type == "video"
+    assert report["rows"] == len(data.queries) >= 2 and spec.task_type == spec.format
     assert all(set(q.row) <= ROW_KEYS for q in data.queries) and all(set(r) <= ROW_KEYS for r in data.corpus.values())
     assert all((q.candidates is not None) == (task in LOCAL) for q in data.queries)
     assert spec.eval_type == ("local" if task in LOCAL else "global")
