@@ -18,7 +18,6 @@ that repo and unpacked once into `cache_dir`, exactly as the download script unp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -26,11 +25,15 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.tables import DATA_SUFFIXES, DataSourceError, file_table, folder_table, hub_table, local_candidates  # noqa: F401
+
+# the generic table readers moved to `train.tables` (training reads the same layouts); old private names kept
+_file_table, _folder_table, _local_candidates = file_table, folder_table, local_candidates
+
 logger = logging.getLogger(__name__)
 
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
 V1_REPO, V1_IMAGES = "TIGER-Lab/MMEB-eval", "images.zip"  # MMEB-V1's images (`unzip images.zip -d <image_dir>`)
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 DEFAULT_CACHE = Path(os.environ.get("TTE_CACHE", "~/.cache/think-then-embed")).expanduser() / "mmeb"
 # media folder prefix -> (archive files in MEDIA_REPO, folder they are unpacked into, folders moved up after)
 ARCHIVES = {
@@ -41,10 +44,6 @@ ARCHIVES = {
     "video-tasks/frames/video_qa": ([f"video-tasks/frames/video_qa.tar.gz-0{i}" for i in range(5)],
                                     "video-tasks/frames", None),
 }
-
-
-class DataSourceError(FileNotFoundError):
-    """Annotations or media of a task are not where the data source looks; the message names task and paths."""
 
 
 @dataclass
@@ -99,18 +98,7 @@ class DataSource:
                               f"{self.data_root}; looked for {', '.join(str(p) for p in tried)}")
 
     def _hub_table(self, task: str, repo: str, config: str | None, split: str):
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=["README.md"],
-                                            cache_dir=self.hub_cache))
-            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=_config_patterns(folder, config),
-                                            cache_dir=self.hub_cache))
-        except Exception as error:  # offline without a cached snapshot, unknown repo, no network
-            raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
-                                  f"from the hub or its cache ({type(error).__name__}: {error}); download them "
-                                  f"or pass --data-root with local copies") from error
-        return _folder_table(folder, task, config, split, self.datasets_cache)
+        return hub_table(repo, task, config, split, self.hub_cache, self.datasets_cache)
 
     # ------------------------------------------------------------------ media
     def media_dir(self, task: str, relative: str) -> Path:
@@ -137,86 +125,6 @@ class DataSource:
         if not (root / ".unpacked").is_file():
             _fetch_zip(task, V1_REPO, V1_IMAGES, root, self.hub_cache)
         return root
-
-
-def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path]:
-    names = [data_root / repo, data_root / repo.split("/")[-1]] if repo else []
-    names.append(data_root / task)
-    names += [data_root / f"{task}{suffix}" for suffix in DATA_SUFFIXES]
-    return list(dict.fromkeys(names))
-
-
-def _check_jsonl(path: Path, task: str) -> None:
-    """Raise naming the file and line of the first line that is not one JSON object (blank lines allowed)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                ok = isinstance(json.loads(line), dict)
-            except ValueError as error:
-                raise DataSourceError(f"task {task}: {path} line {number} is not valid JSON ({error})") from None
-            if not ok:
-                raise DataSourceError(f"task {task}: {path} line {number} is not a JSON object")
-
-
-def _file_table(path: Path, task: str, cache: str | None = None):
-    from datasets import load_dataset
-
-    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix.lower()]
-    if path.stat().st_size == 0:
-        raise DataSourceError(f"task {task}: {path} is empty (no rows)")
-    if path.suffix.lower() == ".jsonl":
-        _check_jsonl(path, task)
-    try:
-        return load_dataset(kind, data_files=str(path), split="train", cache_dir=cache)
-    except Exception as error:
-        raise DataSourceError(f"task {task}: cannot read {path} ({type(error).__name__}: {error})") from error
-
-
-def _folder_table(folder: Path, task: str, config: str | None, split: str, cache: str | None = None):
-    """A `save_to_disk` folder (or its `<config>` sub-folder) or a hub snapshot folder."""
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    for candidate in ([folder / config] if config else []) + [folder]:
-        if (candidate / "dataset_dict.json").is_file() or (candidate / "state.json").is_file():
-            data = load_from_disk(str(candidate))
-            if isinstance(data, DatasetDict):
-                if split not in data:
-                    raise DataSourceError(f"task {task}: {candidate} (save_to_disk) has splits {list(data)}, not "
-                                          f"{split!r}")
-                data = data[split]
-            assert isinstance(data, Dataset)
-            return data
-    try:
-        return load_dataset(str(folder), config, split=split, cache_dir=cache)
-    except Exception as error:
-        raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
-                              f"({type(error).__name__}: {error})") from error
-
-
-def _config_patterns(folder: Path, config: str | None) -> list[str]:
-    """The files `snapshot_download` needs for `config`: its `data_files` from the README's `configs:` section,
-    or every data file when the README has none."""
-    import yaml
-
-    everything = ["README.md", "*.parquet", "**/*.parquet", "*.jsonl", "**/*.jsonl", "*.json", "**/*.json",
-                  "*.arrow", "**/*.arrow"]
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return everything
-    text = readme.read_text(encoding="utf-8")
-    header = text.split("---")[1] if text.startswith("---") else ""
-    configs = (yaml.safe_load(header) or {}).get("configs") or []
-    wanted = [c for c in configs if c.get("config_name", "default") == (config or "default")] or configs[:1]
-    patterns = ["README.md"]
-    for entry in wanted:
-        files = entry.get("data_files") or []
-        files = [files] if isinstance(files, (str, dict)) else files
-        for item in files:
-            paths = item.get("path") if isinstance(item, dict) else item
-            patterns += [paths] if isinstance(paths, str) else list(paths or [])
-    return patterns if len(patterns) > 1 else everything
 
 
 def _fetch_archives(task: str, prefix: str, root: Path, hub_cache: Path | None) -> None:
