@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from processing_tte import TTEProcessor, parse_ecr
 from train.ecr_store import ECRRecord, ECRStore, content_hash
-from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
+from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
 from train.reasoner_backends import (
     ECRRequest,
     LocalBackend,
@@ -211,7 +211,7 @@ class GenerateECRArguments:
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self):
-        self.datasets = [dataset_config(spec) for spec in self.datasets]
+        self.datasets = dataset_configs(self.datasets)
         if not self.datasets:
             raise ValueError("generate_ecr needs at least one entry in `datasets`")
         if self.backend not in ("local", "openai"):

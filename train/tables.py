@@ -137,17 +137,72 @@ def read_table(repo_or_path: str, config: str | None, split: str, name: str | No
         `DataSourceError`: the table is not there or cannot be read (the message names the dataset and paths).
     """
     name = name or repo_or_path
+    local = locate(repo_or_path, name, data_root)
+    if local is not None:
+        return file_table(local, name, cache) if local.is_file() else folder_table(local, name, config, split, cache)
+    if repo_or_path.count("/") == 1 and not Path(repo_or_path).is_absolute():
+        return hub_table(repo_or_path, name, config, split, hub_cache, cache)
+    raise DataSourceError(f"task {name}: no table at {repo_or_path}" + (f" (nor under {data_root})" if data_root
+                                                                        else ""))
+
+
+def locate(repo_or_path: str, name: str, data_root: str | Path | None = None) -> Path | None:
+    """The local file or folder `read_table` reads for `repo_or_path` (see there), or `None` (the hub)."""
     candidates = [Path(repo_or_path).expanduser()]
     if data_root is not None:
-        candidates = [Path(data_root).expanduser() / repo_or_path, *local_candidates(Path(data_root).expanduser(),
-                                                                                     name, repo_or_path)]
-    for path in candidates:
-        if path.is_file():
-            return file_table(path, name, cache)
-        if path.is_dir():
-            return folder_table(path, name, config, split, cache)
-    if "/" in repo_or_path and not Path(repo_or_path).is_absolute() and repo_or_path.count("/") == 1:
-        return hub_table(repo_or_path, name, config, split, hub_cache, cache)
-    raise DataSourceError(f"task {name}: no table at {', '.join(str(p) for p in candidates)}")
+        root = Path(data_root).expanduser()
+        candidates = [root / repo_or_path, *local_candidates(root, name, repo_or_path), *candidates]
+    return next((path for path in candidates if path.is_file() or path.is_dir()), None)
 
 
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+
+def read_data_file(path: str | Path):
+    """A table from one local `.jsonl`/`.json`/`.parquet`/`.csv`/`.arrow` file; a malformed JSON line raises a
+    `ValueError` naming the file and line."""
+    import datasets
+
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise ValueError(f"unsupported data file type {suffix!r} ({path}); use one of {sorted(FILE_BUILDERS)}")
+    try:
+        return datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(file), split="train")
+    except Exception as error:
+        if FILE_BUILDERS[suffix] == "json":
+            _raise_bad_json_line(file, error)
+        raise
+
+
+def read_training_table(repo_or_path: str, config: str | None, split: str, name: str | None = None,
+                        data_root: str | Path | None = None, hub_cache: Path | None = None):
+    """`read_table` for training data: a single file through `read_data_file` (more file types, errors naming the
+    line), a folder or hub repo as `read_table` reads it."""
+    local = locate(repo_or_path, name or repo_or_path, data_root)
+    if local is not None and local.is_file():
+        return read_data_file(local)
+    return read_table(repo_or_path, config, split, name=name, data_root=data_root, hub_cache=hub_cache)
+
+
+def _raise_bad_json_line(file: Path, error: Exception) -> None:
+    """Raise a `ValueError` naming the file and line of the first malformed JSON line of `file` (the `datasets`
+    error only gives a position); returns when every line parses (the error was something else)."""
+    with open(file, "rb") as handle:
+        text = handle.read()
+    if file.suffix.lower() == ".json" and text.lstrip()[:1] in (b"[", b"{"):
+        try:
+            json.loads(text)
+            return
+        except ValueError as bad:
+            line = getattr(bad, "lineno", None)
+            raise ValueError(f"{file}: line {line}: not valid JSON ({bad})") from error
+    for number, line in enumerate(text.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as bad:
+            raise ValueError(f"{file}: line {number}: not a valid JSON object ({bad})") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{file}: line {number}: expected a JSON object, got {type(row).__name__}") from error
