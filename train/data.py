@@ -188,7 +188,8 @@ def epoch_sizes(specs: Sequence[DatasetSpec], capped: Sequence[int]) -> list[int
 
 
 def load_mmeb_train(specs: Sequence[DatasetSpec], image_root: str | None = None, seed: int = 42,
-                    data_root: str | None = None, cache_dir: str | None = None) -> datasets.Dataset:
+                    data_root: str | None = None, cache_dir: str | None = None,
+                    hub_cache: str | None = None) -> datasets.Dataset:
     """
     Load, normalise, cap and weight training sources (MMEB-train subsets and the rest of the VLM2Vec-V2 mixture,
     see `train.mixture`) into one `datasets.Dataset` with the columns `COLUMNS`.
@@ -200,10 +201,12 @@ def load_mmeb_train(specs: Sequence[DatasetSpec], image_root: str | None = None,
         seed (`int`, *optional*, defaults to 42): seed of the random caps and fractional weights.
         data_root (`str`, *optional*): overrides the specs' `data_root` (local copies of the sources).
         cache_dir (`str`, *optional*): where document pages are written (see `train.mixture.ReadContext`).
+        hub_cache (`str`, *optional*): the hub cache hub datasets are read from (defaults to huggingface_hub's).
     """
     tables, capped = [], []
     for spec in specs:
-        context = ReadContext(image_root=image_root, data_root=data_root or spec.data_root, cache_dir=cache_dir)
+        context = ReadContext(image_root=image_root, data_root=data_root or spec.data_root, cache_dir=cache_dir,
+                              hub_cache=hub_cache)
         rows = read_source(spec, context)
         if len(rows) == 0:
             raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no rows")

@@ -58,7 +58,8 @@ def _side(row: dict, prefix: str) -> dict:
 
 
 def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | None = None, seed: int = 42,
-                    data_root: str | os.PathLike | None = None, cache_dir: str | None = None) -> list[MMEBPair]:
+                    data_root: str | os.PathLike | None = None, cache_dir: str | None = None,
+                    hub_cache: str | None = None) -> list[MMEBPair]:
     """Read a training source into `MMEBPair`s through the same readers, row ids and cap as training
     (`train.data.load_mmeb_train` with the same `seed`; weights do not apply: every kept row once).
 
@@ -68,7 +69,7 @@ def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | N
     """
     context = ReadContext(image_root=None if image_root is None else str(image_root),
                           data_root=str(data_root) if data_root is not None else config.data_root,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, hub_cache=hub_cache)
     rows = read_source(config, context)
     kept = capped_indices(len(rows), config, seed)
     if getattr(config, "max_rows", None) is not None:
