@@ -37,7 +37,8 @@ class TTEContrastiveCollator:
     assistant turn.
 
     A row is a mapping with `dataset`, `row_id`, `qry_text`, `qry_image`, `pos_text`, `pos_image` and optionally
-    `neg_text`, `neg_image`, `qry_instruction`, and explicit `qry_ecr` / `pos_ecr` / `neg_ecr` strings (which take
+    `neg_text`, `neg_image`, `qry_video` / `pos_video` / `neg_video` (lists of frame paths or PIL frames, `[]` for
+    none), `qry_instruction`, and explicit `qry_ecr` / `pos_ecr` / `neg_ecr` strings (which take
     precedence over the store). Images are paths or PIL images; empty strings mean none. ECR comes from
     `ecr_store.get(dataset, row_id, side)` with `side` `"query"` for the query and `"target"` for the positive; a hard
     negative is looked up as target-side row id `f"{row_id}#neg"`.
@@ -99,16 +100,24 @@ class TTEContrastiveCollator:
     def _side_row(self, row: Mapping, side: str, index: int) -> dict | None:
         prefix = BATCH_SIDES[side][0]
         text, image = row.get(f"{prefix}_text") or "", row.get(f"{prefix}_image") or None
-        if side == "negative" and not text and image is None:
+        video = list(row.get(f"{prefix}_video") or []) or None
+        if side == "negative" and not text and image is None and video is None:
             return None
         if not isinstance(text, str):
             raise ValueError(f"{row_name(row, index)}: field '{prefix}_text' must be a string, "
                              f"got {type(text).__name__}")
-        if not text.strip() and image is None:
-            raise ValueError(f"{row_name(row, index)}: the {side} needs '{prefix}_text' or '{prefix}_image'")
+        if not text.strip() and image is None and video is None:
+            raise ValueError(f"{row_name(row, index)}: the {side} needs '{prefix}_text' or '{prefix}_image' (or "
+                             f"'{prefix}_video')")
         if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
             raise FileNotFoundError(f"{row_name(row, index)}: field '{prefix}_image': image file not found: {image}")
+        for frame in video or []:
+            if isinstance(frame, (str, os.PathLike)) and not os.path.isfile(frame):
+                raise FileNotFoundError(f"{row_name(row, index)}: field '{prefix}_video': frame file not found: "
+                                        f"{frame}")
         out = {"text": text, "image": image, "ecr": self._ecr(row, side, index)}
+        if video is not None:
+            out["video"] = video
         if side == "query" and row.get("qry_instruction"):
             out["instruction"] = row["qry_instruction"]
         return out
@@ -144,7 +153,7 @@ class TTEContrastiveCollator:
         return batch
 
 
-MEDIA_FIELDS = tuple(f"{prefix}_image" for prefix, _, _ in BATCH_SIDES.values())
+MEDIA_FIELDS = tuple(f"{prefix}_{kind}" for prefix, _, _ in BATCH_SIDES.values() for kind in ("image", "video"))
 
 
 def _column(rows, name: str, strings_only: bool = False) -> list:
@@ -152,7 +161,8 @@ def _column(rows, name: str, strings_only: bool = False) -> list:
     column, so that an image column is not decoded) or of a list of mappings."""
     if hasattr(rows, "column_names"):
         feature = rows.features.get(name)
-        if feature is None or (strings_only and getattr(feature, "dtype", None) not in ("string", "large_string")):
+        inner = getattr(feature, "feature", feature)  # a list of frame paths: its item type
+        if feature is None or (strings_only and getattr(inner, "dtype", None) not in ("string", "large_string")):
             return [None] * len(rows)
         return list(rows[name])
     return [row.get(name) if isinstance(row, Mapping) else None for row in rows]
@@ -175,9 +185,10 @@ def _path_problem(path: str | os.PathLike) -> str | None:
 
 def check_media_paths(rows, fields: tuple[str, ...] = MEDIA_FIELDS, max_listed: int = 5) -> None:
     """
-    Check, before training, that every image path of training `rows` (a `datasets.Dataset` or a list of mappings
-    with `dataset`, `row_id` and `qry_image` / `pos_image` / `neg_image`) is a non-empty regular file: one `stat` per
-    distinct path, no image is opened. PIL images and empty paths are skipped.
+    Check, before training, that every image path and video frame path of training `rows` (a `datasets.Dataset` or
+    a list of mappings with `dataset`, `row_id` and `qry_image` / `pos_image` / `neg_image`, `qry_video` / ...) is a
+    non-empty regular file: one `stat` per distinct path, no image is opened. PIL images and empty paths are
+    skipped.
 
     Raises:
         `FileNotFoundError` naming the dataset, row, field and path of the first `max_listed` bad paths, and their
@@ -186,14 +197,15 @@ def check_media_paths(rows, fields: tuple[str, ...] = MEDIA_FIELDS, max_listed: 
     datasets, row_ids = _column(rows, "dataset"), _column(rows, "row_id")
     verdicts, problems = {}, []
     for name in fields:
-        for index, path in enumerate(_column(rows, name, strings_only=True)):
-            if not isinstance(path, (str, os.PathLike)) or not str(path):
-                continue
-            if path not in verdicts:
-                verdicts[path] = _path_problem(path)
-            if verdicts[path] is not None:
-                problems.append(f"dataset {datasets[index]!r} row {row_ids[index]!r} field {name!r}: {path} "
-                                f"{verdicts[path]}")
+        for index, paths in enumerate(_column(rows, name, strings_only=True)):
+            for path in paths if isinstance(paths, (list, tuple)) else [paths]:
+                if not isinstance(path, (str, os.PathLike)) or not str(path):
+                    continue
+                if path not in verdicts:
+                    verdicts[path] = _path_problem(path)
+                if verdicts[path] is not None:
+                    problems.append(f"dataset {datasets[index]!r} row {row_ids[index]!r} field {name!r}: {path} "
+                                    f"{verdicts[path]}")
     if problems:
         listed = "\n  ".join(problems[:max_listed]) + ("\n  ..." if len(problems) > max_listed else "")
         raise FileNotFoundError(f"{len(problems)} image path(s) of the training data cannot be read (checked before "
@@ -201,10 +213,13 @@ def check_media_paths(rows, fields: tuple[str, ...] = MEDIA_FIELDS, max_listed: 
 
 
 def target_id(row: Mapping, target: dict) -> int:
-    """A 64-bit content id of a positive target; a PIL image (no path to compare) makes it unique to its row."""
-    image = target["image"]
-    if image is not None and not isinstance(image, (str, os.PathLike)):
+    """A 64-bit content id of a positive target; a PIL image or frame (no path to compare) makes it unique to its
+    row."""
+    image, video = target["image"], target.get("video") or []
+    if any(media is not None and not isinstance(media, (str, os.PathLike)) for media in [image, *video]):
         key = ("row", row["dataset"], row["row_id"])
+    elif video:
+        key = ("content", target["text"], str(image or ""), target["ecr"] or "", tuple(str(f) for f in video))
     else:
         key = ("content", target["text"], str(image or ""), target["ecr"] or "")
     digest = hashlib.blake2b(repr(key).encode("utf-8"), digest_size=8).digest()

@@ -1,16 +1,16 @@
-"""MMEB-train data for contrastive training: loading, placeholder mapping, per-dataset caps and weights, and a
-sampler that makes homogeneous sub-batches.
+"""Training data for contrastive training, ECR generation and distillation: dataset specs (YAML), the sources of
+the VLM2Vec-V2 mixture (`train.mixture`), per-dataset caps and weights, and a sampler that makes homogeneous
+sub-batches.
 
-MMEB-train (`TIGER-Lab/MMEB-train`) has one subset per source dataset with the columns `qry`, `qry_image_path`,
-`pos_text`, `pos_image_path` and, for some subsets, `neg_text`, `neg_image_path`. Texts mark their image with
-`<|image_1|>`; image paths are relative to an image root. Rows are normalised to
+Every source yields rows in one schema (`train.mixture.schema`):
 
-    dataset, row_id, qry_text, qry_image, pos_text, pos_image, neg_text, neg_image
+    dataset, row_id, qry_instruction, qry_text, qry_image, qry_video, pos_text, pos_image, pos_video,
+    neg_text, neg_image, neg_video
 
-with the placeholder removed from the text and the image path made absolute: `TTEProcessor` puts the image (and so
-the backbone's own image token) into the chat where the backbone expects it. `row_id` is the row's index in its
-subset/split before any cap or shuffle (or its `id` column when it has one), which is how the ECR store keys
-training rows; `train.mmeb_data` reads rows the same way for ECR generation and distillation.
+with media placeholders removed from texts, image paths absolute (`""` for none) and videos as lists of frame paths
+(`[]` for none): `TTEProcessor` puts the media (and so the backbone's own tokens) into the chat. `row_id` is the
+row's index in its subset/split before any cap or shuffle (or its `id` column when an MMEB table has one), which is
+how the ECR store keys training rows; `train.mmeb_data` reads rows the same way for ECR generation and distillation.
 
 Write a toy MMEB-format set (images, JSON-lines subsets and an ECR store) for the tiny CPU recipe:
 
@@ -22,9 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import datasets
@@ -33,168 +32,142 @@ import yaml
 from torch.utils.data import Sampler
 from transformers.utils import logging
 
+from .mixture import COLUMNS, DEFAULT_TASK_TYPES, READERS, ReadContext, check_unique_ids, read_source, row_id_of
+from .mixture.mmeb_train import IMAGE_PLACEHOLDER, normalize_row
+from .tables import read_training_table
+
 logger = logging.get_logger(__name__)
 
-IMAGE_PLACEHOLDER = "<|image_1|>"
-PLACEHOLDERS = re.compile(r"<\|image_\d+\|>")  # <|image_1|>, <|image_2|>, ...
-FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
-SIDES = (("qry", "qry", "qry_image_path"), ("pos", "pos_text", "pos_image_path"), ("neg", "neg_text", "neg_image_path"))
-COLUMNS = ["dataset", "row_id", "qry_text", "qry_image", "pos_text", "pos_image", "neg_text", "neg_image"]
+
+SELECTIONS = ("random", "first")
+WEIGHTINGS = ("rows", "probability")
 
 
 @dataclass
 class DatasetSpec:
-    """
-    One MMEB-train subset to train on.
+    r"""
+    One training source: an MMEB-train subset, a visual-document table or a LLaVA-Hound annotation file (see
+    `train.mixture`), with its cap, weight and the task type of its reasoner prompts.
 
     Args:
         name (`str`): the dataset name used in the ECR store and for homogeneous sub-batches (e.g. `"ImageNet_1K"`).
-        path (`str`, *optional*, defaults to `"TIGER-Lab/MMEB-train"`): a hub dataset id, a local dataset folder, or
-            a `.jsonl`/`.json`/`.parquet` file.
-        subset (`str`, *optional*): the dataset config name; defaults to `name` for hub ids and folders.
-        split (`str`, *optional*, defaults to `"original"`): the split (MMEB-train's subsets use `"original"`).
-        max_samples (`int`, *optional*): keep at most this many rows (a seeded random choice).
-        weight (`float`, *optional*, defaults to 1.0): rows per epoch relative to the (capped) size; 2.0 repeats
-            every row twice, 0.5 draws half of them.
-        image_root (`str`, *optional*): overrides the global image root for this subset.
+        path (`str`, *optional*, defaults to `"TIGER-Lab/MMEB-train"`): a hub dataset id (read from the hub cache,
+            or from `<data_root>/<org>/<name>` / `<data_root>/<name>` when there), a local folder (hub snapshot or
+            `save_to_disk`), or a `.jsonl`/`.json`/`.parquet`/`.csv`/`.arrow` file; relative paths may be relative
+            to `data_root`.
+        subset (`str`, *optional*): the dataset config name; defaults to `name` for MMEB-train.
+        split (`str`, *optional*, defaults to `"original"`): the split (MMEB-train: `"original"` or
+            `"diverse_instruction"`; the other sources: `"train"`).
+        parser (`str`, *optional*, defaults to `"mmeb"`): the source family, one of `train.mixture.READERS`.
+        task_type (`str`, *optional*): one of `processing_tte.TASK_TYPES`, the reasoner prompt of this source's
+            queries and targets in ECR generation; defaults to the parser's (`train.mixture.DEFAULT_TASK_TYPES`).
+        max_samples (`int`, *optional*): keep at most this many rows (the reference's `num_sample_per_subset`).
+        select (`str`, *optional*, defaults to `"random"`): which rows a cap keeps: `"random"` (seeded) or
+            `"first"` (the reference: the first `max_samples` rows).
+        weight (`float`, *optional*, defaults to 1.0): with `weighting="rows"`, rows per epoch relative to the
+            (capped) size (2.0 repeats every row twice, 0.5 draws half of them); with `"probability"`, the share of
+            an epoch's rows (the reference's sampling probability weight / sum of weights).
+        weighting (`str`, *optional*, defaults to `"rows"`): `"rows"` or `"probability"` (the same for all specs of
+            a load; a YAML file sets it once at the top).
+        image_root (`str`, *optional*): overrides the global image root for this subset (MMEB-train).
+        data_root (`str`, *optional*): folder of local copies of the sources (a YAML file sets it once at the top).
+        frames_root (`str`, *optional*): LLaVA-Hound's frame folders (`train_300k`), relative to `data_root`.
+        num_frames (`int`, *optional*, defaults to 8): frames per video.
+        mode (`str`, *optional*): `llavahound_caption`: `"caption_retrieval"` (default) or `"video_retrieval"`.
+        instruction (`str`, *optional*): overrides the source's query instruction (visual documents, video).
+        target_instruction (`str`, *optional*): overrides the source's target instruction.
     """
 
     name: str
     path: str = "TIGER-Lab/MMEB-train"
     subset: str | None = None
     split: str = "original"
+    parser: str = "mmeb"
+    task_type: str | None = None
     max_samples: int | None = None
+    select: str = "random"
     weight: float = 1.0
+    weighting: str = "rows"
     image_root: str | None = None
+    data_root: str | None = None
+    frames_root: str | None = None
+    num_frames: int = 8
+    mode: str | None = None
+    instruction: str | None = None
+    target_instruction: str | None = None
 
     def __post_init__(self):
+        from processing_tte import TASK_TYPES
+
         if not self.name:
             raise ValueError("DatasetSpec.name must be a non-empty string")
+        if self.parser not in READERS:
+            raise ValueError(f"dataset {self.name!r}: parser must be one of {sorted(READERS)}, got {self.parser!r}")
+        self.task_type = self.task_type or DEFAULT_TASK_TYPES[self.parser]
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"dataset {self.name!r}: task_type must be one of {list(TASK_TYPES)}, "
+                             f"got {self.task_type!r}")
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError(f"dataset {self.name!r}: max_samples must be positive, got {self.max_samples}")
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight <= 0:
             raise ValueError(f"dataset {self.name!r}: weight must be a positive number, got {self.weight!r}")
+        for name, allowed in (("select", SELECTIONS), ("weighting", WEIGHTINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"dataset {self.name!r}: {name} must be one of {list(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.num_frames < 1:
+            raise ValueError(f"dataset {self.name!r}: num_frames must be at least 1, got {self.num_frames}")
 
 
-def load_dataset_specs(source: str | os.PathLike | Sequence[dict]) -> list[DatasetSpec]:
-    """Dataset specs from a YAML file (a list, or a mapping with a `datasets` list) or an already parsed list."""
+SPEC_DEFAULTS = ("data_root", "weighting")  # keys a YAML file may set once, at the top, for all its datasets
+
+
+def load_dataset_specs(source: str | os.PathLike | Sequence[dict], data_root: str | None = None,
+                       spec_class: type | None = None) -> list[DatasetSpec]:
+    """Dataset specs (`spec_class`, default `DatasetSpec`) from a YAML file (a list, or a mapping with a `datasets`
+    list and optionally `data_root` and `weighting` for all of them) or an already parsed list. `data_root`
+    overrides the file's and the entries'."""
+    spec_class, defaults = spec_class or DatasetSpec, {}
     if isinstance(source, (str, os.PathLike)):
         with open(source, encoding="utf-8") as handle:
             source = yaml.safe_load(handle)
         if isinstance(source, dict):
+            defaults = {key: source[key] for key in SPEC_DEFAULTS if source.get(key) is not None}
             source = source.get("datasets")
     if not isinstance(source, (list, tuple)) or not source:
         raise ValueError("dataset specs must be a non-empty list of mappings with at least a 'name'")
-    specs = []
+    specs, known = [], {f.name for f in fields(spec_class)}
+    override = {"data_root": str(data_root)} if data_root is not None else {}
     for index, entry in enumerate(source):
         if not isinstance(entry, dict):
             raise ValueError(f"dataset spec {index}: expected a mapping, got {type(entry).__name__}")
-        unknown = set(entry) - set(DatasetSpec.__dataclass_fields__)
+        unknown = set(entry) - known
         if unknown:
             raise ValueError(f"dataset spec {index} ({entry.get('name')!r}): unknown keys {sorted(unknown)}")
-        specs.append(DatasetSpec(**entry))
+        specs.append(spec_class(**{**defaults, **entry, **override}))
     return specs
 
 
 def read_table(path: str, subset: str | None, split: str) -> datasets.Dataset:
-    """An MMEB-format table from a local `.jsonl`/`.json`/`.parquet`/`.csv`/`.arrow` file or a hub dataset."""
-    file = Path(path)
-    if file.is_file():
-        suffix = file.suffix.lower()
-        if suffix not in FILE_BUILDERS:
-            raise ValueError(f"unsupported data file type {suffix!r} ({path}); use one of {sorted(FILE_BUILDERS)}")
-        try:
-            return datasets.load_dataset(FILE_BUILDERS[suffix], data_files=str(file), split="train")
-        except Exception as error:
-            if FILE_BUILDERS[suffix] == "json":
-                _raise_bad_json_line(file, error)
-            raise
-    return datasets.load_dataset(path, subset, split=split)
+    """An MMEB-format table from a local `.jsonl`/`.json`/`.parquet`/`.csv`/`.arrow` file, a local folder (hub
+    snapshot or `save_to_disk`) or a hub dataset (through the hub cache); see `train.tables`."""
+    return read_training_table(path, subset, split)
 
 
-def _raise_bad_json_line(file: Path, error: Exception) -> None:
-    """Raise a `ValueError` naming the file and line of the first malformed JSON line of `file` (the `datasets`
-    error only gives a position); returns when every line parses (the error was something else)."""
-    with open(file, "rb") as handle:
-        text = handle.read()
-    if file.suffix.lower() == ".json" and text.lstrip()[:1] in (b"[", b"{"):
-        try:
-            json.loads(text)
-            return
-        except ValueError as bad:
-            line = getattr(bad, "lineno", None)
-            raise ValueError(f"{file}: line {line}: not valid JSON ({bad})") from error
-    for number, line in enumerate(text.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as bad:
-            raise ValueError(f"{file}: line {number}: not a valid JSON object ({bad})") from error
-        if not isinstance(row, dict):
-            raise ValueError(f"{file}: line {number}: expected a JSON object, got {type(row).__name__}") from error
-
-
-def check_unique_ids(row_ids: Sequence[str], dataset: str) -> None:
-    """Raise a `ValueError` naming the dataset, the id and both row indices when two rows share a row id (ECR is
-    keyed by row id: the second row would silently get the first one's ECR)."""
-    first: dict[str, int] = {}
-    for index, row_id in enumerate(row_ids):
-        if row_id in first:
-            raise ValueError(f"dataset {dataset!r}: row id {row_id!r} is used by rows {first[row_id]} and {index}; "
-                             "row ids (the 'id' column, else the row index) must be unique")
-        first[row_id] = index
-
-
-def row_id_of(row: dict, index: int) -> str:
-    """A row's id in the ECR store: its `id` column when it has one, else its index in the subset/split."""
-    return str(row["id"]) if row.get("id") is not None else str(index)
-
-
-def _resolve_image(path: str | None, image_root: str | None) -> str:
-    if not path:
-        return ""
-    if os.path.isabs(path) or image_root is None:
-        return path
-    return os.path.join(image_root, path)
-
-
-def normalize_row(row: dict, dataset: str, row_id: str, image_root: str | None) -> dict:
-    """
-    One MMEB-train row as a training row (see the module docstring), `<|image_1|>` removed from the texts and image
-    paths joined to `image_root`. Raises `ValueError` naming the dataset, row and field for malformed rows.
-    """
-    where = f"dataset {dataset!r} row {row_id}"
-    out = {"dataset": dataset, "row_id": row_id}
-    for prefix, text_column, image_column in SIDES:
-        text, image = row.get(text_column), row.get(image_column)
-        required = prefix != "neg"
-        if required and text_column not in row:
-            raise ValueError(f"{where}: missing field {text_column!r}")
-        if text is not None and not isinstance(text, str):
-            raise ValueError(f"{where}: field {text_column!r} must be a string, got {type(text).__name__}")
-        text = text or ""
-        has_placeholder = PLACEHOLDERS.search(text) is not None
-        if has_placeholder and not image:
-            raise ValueError(f"{where}: field {text_column!r} has an {IMAGE_PLACEHOLDER} placeholder but "
-                             f"{image_column!r} is empty")
-        text = PLACEHOLDERS.sub("", text).strip()
-        if image and not has_placeholder:
-            logger.warning_once(f"{where}: {image_column!r} is set but {text_column!r} has no {IMAGE_PLACEHOLDER}; "
-                                "the image is used anyway")
-        if required and not text and not image:
-            raise ValueError(f"{where}: {text_column!r} and {image_column!r} are both empty")
-        out[f"{prefix}_text"] = text
-        out[f"{prefix}_image"] = _resolve_image(image, image_root)
-    return out
-
-
-def _epoch_indices(n: int, spec: DatasetSpec, seed: int) -> list[int]:
-    """Row indices after the cap (a seeded random subset) and the weight (repeat or subsample)."""
+def capped_indices(n: int, spec: DatasetSpec, seed: int) -> list[int]:
+    """The indices of the rows a cap keeps (all without one), sorted: the first `max_samples` with
+    `select="first"`, a seeded random choice with `"random"`."""
+    if spec.max_samples is None or spec.max_samples >= n:
+        return list(range(n))
+    if spec.select == "first":
+        return list(range(spec.max_samples))
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator).tolist()
-    kept = sorted(order[:spec.max_samples]) if spec.max_samples is not None else list(range(n))
-    target = max(1, round(spec.weight * len(kept)))
+    return sorted(torch.randperm(n, generator=generator)[:spec.max_samples].tolist())
+
+
+def _epoch_indices(kept: list[int], target: int, seed: int) -> list[int]:
+    """`target` row indices drawn from `kept`: whole repeats, then a seeded random part of the remainder."""
+    generator = torch.Generator().manual_seed(seed + 1)
     repeats = [kept] * (target // len(kept))
     remainder = target % len(kept)
     if remainder:
@@ -202,36 +175,59 @@ def _epoch_indices(n: int, spec: DatasetSpec, seed: int) -> list[int]:
     return [index for part in repeats for index in part]
 
 
-def load_mmeb_train(specs: Sequence[DatasetSpec], image_root: str | None = None, seed: int = 42) -> datasets.Dataset:
+def epoch_sizes(specs: Sequence[DatasetSpec], capped: Sequence[int]) -> list[int]:
+    """Rows per epoch of each spec: weight x capped size (`weighting="rows"`), or weight / sum of weights x the
+    total capped size (`"probability"`: the reference's interleaving probabilities and epoch length)."""
+    weightings = {spec.weighting for spec in specs}
+    if len(weightings) > 1:
+        raise ValueError(f"all datasets of one load need the same weighting, got {sorted(weightings)}")
+    if weightings == {"probability"}:
+        total, weights = sum(capped), sum(spec.weight for spec in specs)
+        return [max(1, round(spec.weight / weights * total)) for spec in specs]
+    return [max(1, round(spec.weight * size)) for spec, size in zip(specs, capped, strict=True)]
+
+
+def load_mmeb_train(specs: Sequence[DatasetSpec], image_root: str | None = None, seed: int = 42,
+                    data_root: str | None = None, cache_dir: str | None = None,
+                    hub_cache: str | None = None) -> datasets.Dataset:
     """
-    Load, normalise, cap and weight MMEB-train subsets into one `datasets.Dataset` with the columns `COLUMNS`.
+    Load, normalise, cap and weight training sources (MMEB-train subsets and the rest of the VLM2Vec-V2 mixture,
+    see `train.mixture`) into one `datasets.Dataset` with the columns `COLUMNS`.
 
     Args:
-        specs (`list[DatasetSpec]`): the subsets (see [`load_dataset_specs`] for YAML).
-        image_root (`str`, *optional*): folder that relative image paths are relative to (MMEB-train's `images`
-            parent folder).
-        seed (`int`, *optional*, defaults to 42): seed of the caps and fractional weights.
+        specs (`list[DatasetSpec]`): the sources (see [`load_dataset_specs`] for YAML).
+        image_root (`str`, *optional*): folder that relative MMEB-train image paths are relative to (MMEB-train's
+            `images` parent folder; defaults to the local folder a subset is read from).
+        seed (`int`, *optional*, defaults to 42): seed of the random caps and fractional weights.
+        data_root (`str`, *optional*): overrides the specs' `data_root` (local copies of the sources).
+        cache_dir (`str`, *optional*): where document pages are written (see `train.mixture.ReadContext`).
+        hub_cache (`str`, *optional*): the hub cache hub datasets are read from (defaults to huggingface_hub's).
     """
-    parts = []
+    tables, capped = [], []
     for spec in specs:
-        raw = read_table(spec.path, spec.subset or spec.name, spec.split)
-        root = spec.image_root or image_root
-        normalised = raw.map(
-            lambda row, index, name=spec.name, root=root: normalize_row(row, name, row_id_of(row, index), root),
-            with_indices=True, remove_columns=raw.column_names, desc=f"Normalising {spec.name}",
-        )
-        check_unique_ids(normalised["row_id"], spec.name)
-        indices = _epoch_indices(len(normalised), spec, seed)
-        parts.append(normalised.select(indices))
-        logger.info(f"{spec.name}: {len(raw)} rows, {len(indices)} per epoch (cap {spec.max_samples}, "
-                    f"weight {spec.weight})")
+        context = ReadContext(image_root=image_root, data_root=data_root or spec.data_root, cache_dir=cache_dir,
+                              hub_cache=hub_cache)
+        rows = read_source(spec, context)
+        if len(rows) == 0:
+            raise ValueError(f"dataset {spec.name!r} ({spec.path}) has no rows")
+        tables.append(rows)
+        capped.append(capped_indices(len(rows), spec, seed))
+    parts = []
+    sizes = epoch_sizes(specs, [len(kept) for kept in capped])
+    for spec, rows, kept, size in zip(specs, tables, capped, sizes, strict=True):
+        parts.append(rows.select(_epoch_indices(kept, size, seed)))
+        logger.info(f"{spec.name}: {len(rows)} rows, {size} per epoch (cap {spec.max_samples}, "
+                    f"weight {spec.weight}, weighting {spec.weighting})")
     return datasets.concatenate_datasets(parts).select_columns(COLUMNS)
 
 
 def side_content(row: dict, prefix: str) -> dict:
     """The `TTEProcessor` row of one side (`"qry"`, `"pos"`, `"neg"`) of a training row, as `ECRStore.get(...,
-    content=...)` and `train.ecr_store.content_hash` expect it (the query side carries `qry_instruction`)."""
+    content=...)` and `train.ecr_store.content_hash` expect it (the query side carries `qry_instruction`; a side
+    without video has no `video` key, so image/text rows hash as before videos existed)."""
     content = {"text": row.get(f"{prefix}_text") or "", "image": row.get(f"{prefix}_image") or None}
+    if row.get(f"{prefix}_video"):
+        content["video"] = list(row[f"{prefix}_video"])
     if prefix == "qry" and row.get("qry_instruction"):
         content["instruction"] = row["qry_instruction"]
     return content
@@ -405,6 +401,6 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["COLUMNS", "DatasetSpec", "HomogeneousSampler", "check_ecr_provenance", "check_unique_ids",
-           "dataset_names_of", "load_dataset_specs", "load_mmeb_train", "normalize_row", "side_content",
-           "write_toy_mmeb"]
+__all__ = ["COLUMNS", "DatasetSpec", "HomogeneousSampler", "capped_indices", "check_ecr_provenance",
+           "check_unique_ids", "dataset_names_of", "epoch_sizes", "load_dataset_specs", "load_mmeb_train",
+           "normalize_row", "read_table", "row_id_of", "side_content", "write_toy_mmeb"]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from processing_tte import TTEProcessor
 from train.ecr_store import ECRStore
-from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
+from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class DistillArguments:
     merge_lora: bool = field(default=True, metadata={"help": "merge LoRA weights into the saved checkpoint"})
 
     def __post_init__(self):
-        self.datasets = [dataset_config(spec) for spec in self.datasets]
+        self.datasets = dataset_configs(self.datasets)
         if not self.datasets:
             raise ValueError("distill_reasoner needs at least one entry in `datasets`")
         if set(self.sides) - {"query", "target"} or not self.sides:

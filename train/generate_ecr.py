@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from processing_tte import TTEProcessor, parse_ecr
 from train.ecr_store import ECRRecord, ECRStore, content_hash
-from train.mmeb_data import MMEBPair, dataset_config, load_mmeb_pairs
+from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
 from train.processes import process_state
 from train.reasoner_backends import (
     ECRRequest,
@@ -217,7 +217,7 @@ class GenerateECRArguments:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
-        self.datasets = [dataset_config(spec) for spec in self.datasets]
+        self.datasets = dataset_configs(self.datasets)
         if not self.datasets:
             raise ValueError("generate_ecr needs at least one entry in `datasets`")
         if self.backend not in ("local", "openai"):

@@ -1,54 +1,48 @@
-"""MMEB-train-format data: rows of (query, positive target, optional negative) with images relative to a root.
+"""Training rows as (query, positive target, optional negatives) pairs for ECR generation and distillation, read
+by the same readers as contrastive training (`train.data`, `train.mixture`): every source of the VLM2Vec-V2 mixture
+(MMEB-train subsets, visual documents, LLaVA-Hound video), the same row ids, the same caps.
 
-The MMEB-train layout (e.g. ``TIGER-Lab/MMEB-train``) has the columns ``qry``, ``qry_image_path``, ``pos_text``,
-``pos_image_path`` and optionally ``neg_text``, ``neg_image_path``. Texts mark where an image goes with a
-``<|image_1|>`` placeholder; here the placeholder is removed and the image becomes the row's ``image`` field, which
-``TTEProcessor`` turns into the backbone's own image tokens. Image paths are relative to an image root.
+Each side is a `TTEProcessor` row (`text`, and `image`, `video` (frame paths) and `instruction` when it has them),
+which is what `train.generate_ecr` sends to the reasoner with the dataset's `task_type` prompt.
 
     from train.mmeb_data import MMEBDatasetConfig, load_mmeb_pairs
     pairs = load_mmeb_pairs(MMEBDatasetConfig(name="MSCOCO_i2t", path="TIGER-Lab/MMEB-train", subset="MSCOCO_i2t",
-                                              image_root="/data/MMEB-train"))
+                                              split="original", image_root="/data/MMEB-train"))
+
+    from train.mmeb_data import dataset_configs  # every source of a mixture recipe
+    configs = dataset_configs(["train/recipes/mixture_mmeb_v2.yaml"])
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 
-from train.data import check_unique_ids, normalize_row, read_table, row_id_of
-
-REQUIRED_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
+from train.data import DatasetSpec, capped_indices, load_dataset_specs, side_content
+from train.mixture import ReadContext, read_source
 
 
 @dataclass
-class MMEBDatasetConfig:
+class MMEBDatasetConfig(DatasetSpec):
     r"""
-    One MMEB-format dataset.
+    One training source for ECR generation and distillation: every field of `train.data.DatasetSpec` (the same
+    YAML entries), with a default of its own and one extra field. `task_type` (one of `processing_tte.TASK_TYPES`,
+    default: the parser's, `"retrieval"` for MMEB) picks the reasoner prompt of both sides.
 
     Args:
-        name (`str`): the dataset's name in the ECR store (e.g. `"MSCOCO_i2t"`).
-        path (`str`): a local `.jsonl`/`.json`/`.parquet`/`.csv` file, or a Hub dataset (`datasets.load_dataset`).
-        subset (`str`, *optional*): the Hub configuration (for `TIGER-Lab/MMEB-train`, the dataset name).
-        split (`str`, *optional*, defaults to `"train"`): the split to read.
-        task_type (`str`, *optional*, defaults to `"retrieval"`): one of `processing_tte.TASK_TYPES`; picks the
-            reasoner prompt.
-        image_root (`str`, *optional*): folder the image paths are relative to (defaults to the loader's root).
-        max_rows (`int`, *optional*): read at most this many rows (the first ones).
+        split (`str`, *optional*, defaults to `"train"`): the split to read (a recipe's entries keep theirs).
+        max_rows (`int`, *optional*): read at most this many rows (the first ones), after the spec's cap.
     """
 
-    name: str
-    path: str
-    subset: str | None = None
     split: str = "train"
-    task_type: str = "retrieval"
-    image_root: str | None = None
     max_rows: int | None = None
 
 
 @dataclass
 class MMEBPair:
-    """One row: its query and positive target as `TTEProcessor` rows (`image`, `text`), plus any negatives."""
+    """One row: its query and positive target as `TTEProcessor` rows, plus any negatives."""
 
     dataset: str
     row_id: str
@@ -58,41 +52,39 @@ class MMEBPair:
 
 
 def _side(row: dict, prefix: str) -> dict:
-    """The `TTEProcessor` row of one side (`qry`, `pos`, `neg`) of a normalised training row."""
-    side = {"text": row[f"{prefix}_text"]}
-    if row[f"{prefix}_image"]:
-        side["image"] = row[f"{prefix}_image"]
-    return side
+    """The `TTEProcessor` row of one side (`qry`, `pos`, `neg`) of a training row; no empty media keys."""
+    content = side_content(row, prefix)
+    return {key: value for key, value in content.items() if value is not None}
 
 
-def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | None = None) -> list[MMEBPair]:
-    """Read an MMEB-format dataset into `MMEBPair`s, through the same table reading and row normalisation as
-    training (`train.data`), so ECR is keyed exactly as the trainer looks it up: the row id is the `id` column if
-    present, else the row index.
+def load_mmeb_pairs(config: MMEBDatasetConfig, image_root: str | os.PathLike | None = None, seed: int = 42,
+                    data_root: str | os.PathLike | None = None, cache_dir: str | None = None,
+                    hub_cache: str | None = None) -> list[MMEBPair]:
+    """Read a training source into `MMEBPair`s through the same readers, row ids and cap as training
+    (`train.data.load_mmeb_train` with the same `seed`; weights do not apply: every kept row once).
 
     Raises:
         `ValueError`: a required column is missing, a row is malformed (named by dataset, row and field), two rows
             share an id, or a JSON line is malformed (named by file and line).
     """
-    table = read_table(config.path, config.subset, config.split)
-    missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
-    if missing:
-        raise ValueError(f"dataset {config.name!r} ({config.path}) lacks the MMEB columns {missing}; "
-                         f"it has {table.column_names}")
-    if config.max_rows is not None:
-        table = table.select(range(min(config.max_rows, len(table))))
-    root = config.image_root or image_root
+    context = ReadContext(image_root=None if image_root is None else str(image_root),
+                          data_root=str(data_root) if data_root is not None else config.data_root,
+                          cache_dir=cache_dir, hub_cache=hub_cache)
+    rows = read_source(config, context)
+    kept = capped_indices(len(rows), config, seed)
+    if getattr(config, "max_rows", None) is not None:
+        kept = kept[:config.max_rows]
     pairs = []
-    for index, raw in enumerate(table):
-        row = normalize_row(raw, config.name, row_id_of(raw, index), None if root is None else str(root))
-        negatives = [_side(row, "neg")] if row["neg_text"] or row["neg_image"] else []
-        pairs.append(MMEBPair(config.name, row["row_id"], _side(row, "qry"), _side(row, "pos"), negatives))
-    check_unique_ids([pair.row_id for pair in pairs], config.name)
+    for row in rows.select(kept):
+        has_negative = row["neg_text"] or row["neg_image"] or row["neg_video"]
+        negatives = [_side(row, "neg")] if has_negative else []
+        pairs.append(MMEBPair(row["dataset"], row["row_id"], _side(row, "qry"), _side(row, "pos"), negatives))
     return pairs
 
 
 def dataset_config(spec) -> MMEBDatasetConfig:
-    """An `MMEBDatasetConfig` from a config, a mapping (YAML) or a JSON object string (command line)."""
+    """An `MMEBDatasetConfig` from a config or `DatasetSpec`, a mapping (YAML) or a JSON object string (command
+    line)."""
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)
@@ -103,9 +95,23 @@ def dataset_config(spec) -> MMEBDatasetConfig:
         if unknown:
             raise ValueError(f"dataset {spec.get('name')!r}: unknown fields {sorted(unknown)}")
         return MMEBDatasetConfig(**spec)
+    if isinstance(spec, DatasetSpec) and not isinstance(spec, MMEBDatasetConfig):
+        return MMEBDatasetConfig(**dataclasses.asdict(spec))
     if not isinstance(spec, MMEBDatasetConfig):
         raise ValueError(f"a dataset must be a mapping or an MMEBDatasetConfig, got {type(spec).__name__}")
     return spec
 
 
-__all__ = ["MMEBDatasetConfig", "MMEBPair", "dataset_config", "load_mmeb_pairs"]
+def dataset_configs(items) -> list[MMEBDatasetConfig]:
+    """`dataset_config` of each item, a `.yaml`/`.yml` path standing for every dataset of that file (a mixture
+    recipe such as `train/recipes/mixture_mmeb_v2.yaml`, read with `DatasetSpec` defaults, as training reads it)."""
+    configs = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) and str(item).endswith((".yaml", ".yml")):
+            configs += [dataset_config(spec) for spec in load_dataset_specs(item)]
+        else:
+            configs.append(dataset_config(item))
+    return configs
+
+
+__all__ = ["MMEBDatasetConfig", "MMEBPair", "dataset_config", "dataset_configs", "load_mmeb_pairs"]

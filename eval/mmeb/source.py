@@ -18,8 +18,6 @@ that repo and unpacked once into `cache_dir`, exactly as the download script unp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -27,11 +25,12 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.tables import DataSourceError, file_table, folder_table, hub_table, local_candidates
+
 logger = logging.getLogger(__name__)
 
 MEDIA_REPO = "TIGER-Lab/MMEB-V2"
 V1_REPO, V1_IMAGES = "TIGER-Lab/MMEB-eval", "images.zip"  # MMEB-V1's images (`unzip images.zip -d <image_dir>`)
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 DEFAULT_CACHE = Path(os.environ.get("TTE_CACHE", "~/.cache/think-then-embed")).expanduser() / "mmeb"
 # media folder prefix -> (archive files in MEDIA_REPO, folder they are unpacked into, folders moved up after)
 ARCHIVES = {
@@ -42,10 +41,6 @@ ARCHIVES = {
     "video-tasks/frames/video_qa": ([f"video-tasks/frames/video_qa.tar.gz-0{i}" for i in range(5)],
                                     "video-tasks/frames", None),
 }
-
-
-class DataSourceError(FileNotFoundError):
-    """Annotations or media of a task are not where the data source looks; the message names task and paths."""
 
 
 @dataclass
@@ -74,16 +69,10 @@ class DataSource:
         self.cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir is not None else DEFAULT_CACHE
         self.hub_cache = Path(self.hub_cache).expanduser() if self.hub_cache is not None else None
 
-    def datasets_cache(self, files: Path) -> str:
-        """Where `load_dataset` caches the Arrow table of `files` (a file or folder): a folder under `cache_dir`
-        named by the files' paths, sizes and modification times, so annotations edited in place are read again
-        (`datasets` alone would reuse its table of the old files)."""
-        paths = [files] if files.is_file() else sorted(p for p in files.rglob("*") if p.is_file())
-        digest = hashlib.sha256()
-        for path in paths:
-            stat = path.stat()
-            digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return str(self.cache_dir / "datasets" / digest.hexdigest()[:20])
+    @property
+    def datasets_cache(self) -> str:
+        """The `datasets` cache of the tables read (Arrow files `load_dataset` writes), under `cache_dir`."""
+        return str(self.cache_dir / "datasets")
 
     @property
     def mode(self) -> str:
@@ -96,28 +85,17 @@ class DataSource:
         if self.data_root is None:
             return self._hub_table(task, repo, config, split)
         tried = []
-        for path in _local_candidates(self.data_root, task, repo):
+        for path in local_candidates(self.data_root, task, repo):
             tried.append(path)
             if path.is_file():
-                return _file_table(path, task, self.datasets_cache(path))
+                return file_table(path, task, self.datasets_cache)
             if path.is_dir():
-                return _folder_table(path, task, config, split, self.datasets_cache(path))
+                return folder_table(path, task, config, split, self.datasets_cache)
         raise DataSourceError(f"task {task}: no annotations for {repo} (config {config}, split {split}) under "
                               f"{self.data_root}; looked for {', '.join(str(p) for p in tried)}")
 
     def _hub_table(self, task: str, repo: str, config: str | None, split: str):
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=["README.md"],
-                                            cache_dir=self.hub_cache))
-            folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=_config_patterns(folder, config),
-                                            cache_dir=self.hub_cache))
-        except Exception as error:  # offline without a cached snapshot, unknown repo, no network
-            raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
-                                  f"from the hub or its cache ({type(error).__name__}: {error}); download them "
-                                  f"or pass --data-root with local copies") from error
-        return _folder_table(folder, task, config, split, self.datasets_cache(folder))
+        return hub_table(repo, task, config, split, self.hub_cache, self.datasets_cache)
 
     # ------------------------------------------------------------------ media
     def media_dir(self, task: str, relative: str) -> Path:
@@ -144,104 +122,6 @@ class DataSource:
         if not (root / ".unpacked").is_file():
             _fetch_zip(task, V1_REPO, V1_IMAGES, root, self.hub_cache)
         return root
-
-
-def _hub_cache_snapshot(data_root: Path, repo: str) -> Path | None:
-    """The snapshot of `repo` when `data_root` is a hub cache folder (`datasets--org--name/snapshots/<rev>`): the
-    revision `refs/main` names, else the only one."""
-    base = data_root / ("datasets--" + repo.replace("/", "--"))
-    ref = base / "refs" / "main"
-    if ref.is_file():
-        return base / "snapshots" / ref.read_text(encoding="utf-8").strip()
-    snapshots = sorted((base / "snapshots").glob("*")) if (base / "snapshots").is_dir() else []
-    return snapshots[0] if len(snapshots) == 1 else None
-
-
-def _local_candidates(data_root: Path, task: str, repo: str | None) -> list[Path]:
-    names = [data_root / repo, data_root / repo.split("/")[-1]] if repo else []
-    snapshot = _hub_cache_snapshot(data_root, repo) if repo else None
-    names += [snapshot] if snapshot is not None else []
-    names.append(data_root / task)
-    names += [data_root / f"{task}{suffix}" for suffix in DATA_SUFFIXES]
-    return list(dict.fromkeys(names))
-
-
-def _check_jsonl(path: Path, task: str) -> None:
-    """Raise naming the file and line of the first line that is not one JSON object (blank lines allowed)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                ok = isinstance(json.loads(line), dict)
-            except ValueError as error:
-                raise DataSourceError(f"task {task}: {path} line {number} is not valid JSON ({error})") from None
-            if not ok:
-                raise DataSourceError(f"task {task}: {path} line {number} is not a JSON object")
-
-
-def _file_table(path: Path, task: str, cache: str | None = None):
-    from datasets import load_dataset
-
-    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[path.suffix.lower()]
-    if path.stat().st_size == 0:
-        raise DataSourceError(f"task {task}: {path} is empty (no rows)")
-    if path.suffix.lower() == ".jsonl":
-        _check_jsonl(path, task)
-    try:
-        return load_dataset(kind, data_files=str(path), split="train", cache_dir=cache)
-    except Exception as error:
-        raise DataSourceError(f"task {task}: cannot read {path} ({type(error).__name__}: {error})") from error
-
-
-def _folder_table(folder: Path, task: str, config: str | None, split: str, cache: str | None = None):
-    """A `save_to_disk` folder (or its `<config>` sub-folder) or a hub snapshot folder."""
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    for candidate in ([folder / config] if config else []) + [folder]:
-        if (candidate / "dataset_dict.json").is_file() or (candidate / "state.json").is_file():
-            data = load_from_disk(str(candidate))
-            if isinstance(data, DatasetDict):
-                if split not in data:
-                    raise DataSourceError(f"task {task}: {candidate} (save_to_disk) has splits {list(data)}, not "
-                                          f"{split!r}")
-                data = data[split]
-            assert isinstance(data, Dataset)
-            return data
-    try:
-        return load_dataset(str(folder), config, split=split, cache_dir=cache)
-    except ValueError as error:  # a config the README does not list: its folder's files, split by file name
-        if not (config and (folder / config).is_dir() and "config" in str(error).lower()):
-            raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
-                                  f"({type(error).__name__}: {error})") from error
-        return _folder_table(folder / config, task, None, split, cache)
-    except Exception as error:
-        raise DataSourceError(f"task {task}: cannot read config {config!r} split {split!r} of {folder} "
-                              f"({type(error).__name__}: {error})") from error
-
-
-def _config_patterns(folder: Path, config: str | None) -> list[str]:
-    """The files `snapshot_download` needs for `config`: its `data_files` from the README's `configs:` section,
-    or every data file when the README has none."""
-    import yaml
-
-    everything = ["README.md", "*.parquet", "**/*.parquet", "*.jsonl", "**/*.jsonl", "*.json", "**/*.json",
-                  "*.arrow", "**/*.arrow"]
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return everything
-    text = readme.read_text(encoding="utf-8")
-    header = text.split("---")[1] if text.startswith("---") else ""
-    configs = (yaml.safe_load(header) or {}).get("configs") or []
-    wanted = [c for c in configs if c.get("config_name", "default") == (config or "default")] or configs[:1]
-    patterns = ["README.md"]
-    for entry in wanted:
-        files = entry.get("data_files") or []
-        files = [files] if isinstance(files, (str, dict)) else files
-        for item in files:
-            paths = item.get("path") if isinstance(item, dict) else item
-            patterns += [paths] if isinstance(paths, str) else list(paths or [])
-    return patterns if len(patterns) > 1 else everything
 
 
 def _fetch_archives(task: str, prefix: str, root: Path, hub_cache: Path | None) -> None:

@@ -17,19 +17,17 @@ so no page stays decoded in memory and a changed page never reuses a stale file.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import math
-import os
 from pathlib import Path
 
 from eval.data import TaskData, TaskDataError
 from eval.mmeb import columns
 from eval.mmeb.source import DataSource
 from eval.tasks import TaskSpec
+from train import pages
 
 PAGES = "visdoc-pages"
-SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tiff", "BMP": ".bmp", "GIF": ".gif"}
+SUFFIXES = pages.SUFFIXES
 
 
 def _id(record: dict, column: str, task: str, where: str) -> str:
@@ -58,26 +56,12 @@ def qrels_mapping(spec: TaskSpec, qrels) -> dict[str, dict[str, float]]:
 
 
 def page_file(image: dict, folder: Path, where: str) -> Path:
-    """The content-addressed file of an undecoded `datasets.Image` cell (`{"bytes", "path"}`), written if absent."""
-    data = image.get("bytes") if isinstance(image, dict) else None
-    if data is None and isinstance(image, dict) and image.get("path") and Path(image["path"]).is_file():
-        data = Path(image["path"]).read_bytes()
-    if not data:
-        raise TaskDataError(f"{where}: column 'image' has no image bytes ({str(image)[:80]})")
-    from PIL import Image, UnidentifiedImageError
-
+    """The content-addressed file of an undecoded `datasets.Image` cell (`{"bytes", "path"}`), written if absent
+    (`train.pages.page_file`; its errors as `TaskDataError`)."""
     try:
-        with Image.open(io.BytesIO(data)) as opened:  # reads the header only
-            suffix = SUFFIXES.get(opened.format or "", ".img")
-    except (UnidentifiedImageError, OSError) as error:
-        raise TaskDataError(f"{where}: column 'image' is not a readable image ({error})") from error
-    path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    return path
+        return pages.page_file(image, folder, where)
+    except ValueError as error:
+        raise TaskDataError(str(error)) from error
 
 
 def corpus_rows(spec: TaskSpec, corpus, folder: Path) -> dict[str, dict]:
