@@ -135,16 +135,18 @@ def resolved_tuning(args: ModelArguments) -> str:
     return args.tuning or ("head" if args.mode == "unified" else "lora")
 
 
-def save_lora_base(model: TTEForEmbedding, processor, training_args: TTEContrastiveConfig) -> Path:
-    """Save the untrained TTE model to `output_dir/lora_base` and make it the model's `name_or_path`, which peft
-    records as the `base_model_name_or_path` of every adapter saved (checkpoints and `lora_adapter`), so that
-    `AutoPeftModelForFeatureExtraction` rebuilds the model with `AutoModel` from that folder's `auto_map`."""
-    base = (Path(training_args.output_dir) / "lora_base").resolve()
-    with training_args.main_process_first(desc="saving the LoRA base model"):
-        if training_args.should_save:
-            model.save_pretrained(base)
+def save_lora_base(trainer: TTEContrastiveTrainer, processor, model_args: ModelArguments) -> Path:
+    """Save the untrained TTE model (freshly built, on the main process) to `output_dir/lora_base` and make it the
+    trained model's `name_or_path`, which peft records as the `base_model_name_or_path` of every adapter saved
+    (checkpoints and `lora_adapter`), so that `AutoPeftModelForFeatureExtraction` rebuilds the model with `AutoModel`
+    from that folder's `auto_map`. Runs after the Trainer's up-front data checks, so bad data writes nothing."""
+    args = trainer.args
+    base = (Path(args.output_dir) / "lora_base").resolve()
+    with args.main_process_first(desc="saving the LoRA base model"):
+        if args.should_save:
+            build_model(model_args).save_pretrained(base)
             processor.save_pretrained(base)
-    model.name_or_path = model.config.name_or_path = str(base)
+    trainer.model.get_base_model().name_or_path = str(base)
     return base
 
 
@@ -206,10 +208,7 @@ def main(argv=None) -> TTEContrastiveTrainer:
     set_seed(training_args.seed)
     processor = TTEProcessor.from_backbone(model_args.model_name_or_path, ecr_mode=model_args.ecr_mode,
                                            max_ecr_tokens=model_args.max_ecr_tokens)
-    model = build_model(model_args)
-    if resolved_tuning(model_args) == "lora":
-        save_lora_base(model, processor, training_args)
-    model = prepare_model_for_training(model, model_args.tuning, lora_r=model_args.lora_r,
+    model = prepare_model_for_training(build_model(model_args), model_args.tuning, lora_r=model_args.lora_r,
                                        lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                                        lora_target_modules=model_args.lora_target_modules)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
@@ -219,6 +218,8 @@ def main(argv=None) -> TTEContrastiveTrainer:
                                       on_missing_ecr=data_args.on_missing_ecr)
     trainer = TTEContrastiveTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                     data_collator=collator, processing_class=processor)
+    if resolved_tuning(model_args) == "lora":
+        save_lora_base(trainer, processor, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     card = training_card(trainer.accelerator.unwrap_model(trainer.model), model_args, data_args, training_args,
                          specs, len(train_dataset))
