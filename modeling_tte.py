@@ -18,6 +18,7 @@ from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
 try:
     from .configuration_tte import TTEConfig
@@ -37,10 +38,14 @@ class TTEEmbeddingOutput(ModelOutput):
             The pooled embeddings, unit norm when `config.normalize`.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The backbone's hidden states (embeddings + one per layer), when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The backbone's attention weights (one per layer), when `output_attentions=True` (needs an attention
+            implementation that returns them, e.g. `attn_implementation="eager"`).
     """
 
     embeddings: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -74,6 +79,7 @@ class BackboneStates:
     hidden_states: tuple[torch.Tensor, ...]
     attention_mask: torch.Tensor
     layer_capture: LayerCapture | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -375,6 +381,14 @@ targets = processor.process_targets([{{"text": "a red car"}}])
 with torch.inference_mode():
     scores = model(**queries).embeddings @ model(**targets).embeddings.T
 ```
+
+Rows are strings (text), PIL images, or dicts with any of `image` (PIL image, path, `http(s)://` URL, base64
+`data:` URI, numpy array or tensor), `video` (a video file such as `.mp4`, a folder or list of frames, or an array
+of frames), `text`, `instruction` and `ecr`.
+
+The `feature-extraction` pipeline does **not** give TTE embeddings: it tokenizes raw text, without the chat
+template, the ECR or the end-of-turn token whose state is pooled (the model logs a warning when it sees such
+inputs). Use the processor as above.
 """
 
 HEADS = {
@@ -436,9 +450,39 @@ class TTEForEmbedding(TTEPreTrainedModel):
         else:
             self.head = HEADS[config.head_type](config)
         self.projection = nn.Linear(config.hidden_size, config.output_dim) if config.output_dim else None
-        if config.mode == "unified":
-            self.vlm.requires_grad_(False)
+        self.freeze_backbone_for_mode()
         self.post_init()
+
+    def freeze_backbone_for_mode(self) -> None:
+        """Freeze the backbone of a unified model (`config.mode="unified"`): it is the reasoner, only the head trains.
+        Embedder mode leaves `requires_grad` as it is."""
+        if self.config.mode == "unified":
+            self.vlm.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """
+        [`~PreTrainedModel.from_pretrained`], then [`freeze_backbone_for_mode`] again: loading replaces every
+        parameter with a new, trainable `nn.Parameter`, which would undo the freeze `__init__` applied. A reloaded
+        model is thus frozen exactly as [`from_backbone`] makes it.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_backbone_for_mode()
+        return loaded
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The backbone's token embeddings (so `resize_token_embeddings` resizes the backbone)."""
+        return self.vlm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.vlm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The backbone's LM head (a unified model generates ECR with it), resized with the input embeddings."""
+        return self.vlm.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.vlm.set_output_embeddings(value)
 
     @classmethod
     def from_backbone(cls, pretrained_model_name_or_path: str, **kwargs) -> TTEForEmbedding:
@@ -476,8 +520,12 @@ class TTEForEmbedding(TTEPreTrainedModel):
         card = os.path.join(save_directory, "README.md")
         if kwargs.get("is_main_process", True) and not os.path.exists(card):
             with open(card, "w", encoding="utf-8") as handle:
-                handle.write(MODEL_CARD.format(mode=self.config.mode, head_type=self.config.head_type,
-                                               backbone=self.config.vlm_config.model_type))
+                handle.write(self.model_card())
+
+    def model_card(self) -> str:
+        """The model card (README.md) text that `save_pretrained` writes: what the model is and how to call it."""
+        return MODEL_CARD.format(mode=self.config.mode, head_type=self.config.head_type,
+                                 backbone=self.config.vlm_config.model_type)
 
     @property
     def backbone_trainable(self) -> bool:
@@ -491,14 +539,17 @@ class TTEForEmbedding(TTEPreTrainedModel):
         return self.config.head_type == "qformer" or self.config.head_layer != -1
 
     def backbone_states(self, input_ids=None, attention_mask=None, all_hidden_states: bool = False,
-                        **backbone_inputs) -> BackboneStates:
-        """Run the backbone once and collect what the head reads (every layer's states if `all_hidden_states`)."""
+                        output_attentions: bool = False, **backbone_inputs) -> BackboneStates:
+        """Run the backbone once and collect what the head reads (every layer's states if `all_hidden_states`, and
+        the attention weights if `output_attentions`)."""
         if attention_mask is None and input_ids is not None:
             attention_mask = torch.ones_like(input_ids)
         capture = None
         if isinstance(self.head, SelfInitHead):
             capture = LayerCapture(self.vlm.get_decoder(), self.head.first_layer)
         grad = torch.is_grad_enabled() and self.backbone_trainable
+        if output_attentions:
+            backbone_inputs["output_attentions"] = True
         with torch.set_grad_enabled(grad), capture() if capture else contextlib.nullcontext():
             outputs = self.vlm.base_model(
                 input_ids=input_ids,
@@ -509,18 +560,32 @@ class TTEForEmbedding(TTEPreTrainedModel):
                 **backbone_inputs,
             )
         hidden_states = outputs.hidden_states or (outputs.last_hidden_state,)
-        return BackboneStates(hidden_states, attention_mask, capture)
+        return BackboneStates(hidden_states, attention_mask, capture, getattr(outputs, "attentions", None))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        use_cache: bool | None = None,
         **backbone_inputs,
     ) -> TTEEmbeddingOutput:
         r"""
         Embed a batch made by `TTEProcessor` (`input_ids`, `attention_mask`, and any of `pixel_values`,
         `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`, `mm_token_type_ids`, ...).
+
+        Args:
+            output_hidden_states (`bool`, *optional*): also return the backbone's hidden states.
+            output_attentions (`bool`, *optional*): also return the backbone's attention weights.
+            use_cache (`bool`, *optional*): ignored: an embedding pass keeps no key/value cache (`generate` and
+                `generate_and_embed` do).
+            return_dict (`bool`, *optional*): `False` returns `output.to_tuple()` (its non-`None` fields in order).
+
+        Inputs must end with the end-of-turn token, as `TTEProcessor.process_queries` / `process_targets` make them
+        (chat template, ECR as the assistant turn, end-of-turn token): a warning (once) says so otherwise, e.g. for the
+        `feature-extraction` pipeline, which tokenizes raw text and cannot produce TTE embeddings.
 
         Returns:
             [`TTEEmbeddingOutput`] with `embeddings` of shape `(batch_size, dim)`.
@@ -530,11 +595,37 @@ class TTEForEmbedding(TTEPreTrainedModel):
             given, or a row of `attention_mask` is all zeros (it has no token to pool).
         """
         self.check_inputs(input_ids, attention_mask, backbone_inputs)
-        states = self.backbone_states(input_ids, attention_mask, bool(output_hidden_states), **backbone_inputs)
+        self.warn_unless_end_of_turn(input_ids, attention_mask)
+        states = self.backbone_states(input_ids, attention_mask, bool(output_hidden_states), bool(output_attentions),
+                                      **backbone_inputs)
         return TTEEmbeddingOutput(
             embeddings=self.embed_states(states),
             hidden_states=states.hidden_states if output_hidden_states else None,
+            attentions=states.attentions if output_attentions else None,
         )
+
+    def end_of_turn_token_ids(self) -> list[int]:
+        """The backbone's end-of-turn token ids (its generation config's `eos_token_id`): the token whose state a TTE
+        embedding pools."""
+        eos = self.vlm.generation_config.eos_token_id
+        if eos is None:
+            eos = getattr(self.config.text_config, "eos_token_id", None)
+        return [] if eos is None else [eos] if isinstance(eos, int) else [int(token) for token in eos]
+
+    def warn_unless_end_of_turn(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+        """Log a warning (once) when a row's last token is not an end-of-turn token: the inputs were not made by
+        `TTEProcessor`, so the embedding is not a TTE embedding."""
+        eos = self.end_of_turn_token_ids()
+        if input_ids is None or not eos or input_ids.dim() != 2:
+            return
+        last = last_token_pool(input_ids[..., None], attention_mask)[:, 0]
+        if not torch.isin(last, torch.tensor(eos, device=last.device)).all():
+            logger.warning_once(
+                "TTEForEmbedding: inputs do not end with the end-of-turn token, so they were not made by TTEProcessor "
+                "(e.g. the `feature-extraction` pipeline or a bare tokenizer, which embed raw tokens without the chat "
+                "template, ECR or end-of-turn token). Embed with `model(**processor.process_queries(rows))` / "
+                "`model(**processor.process_targets(rows))`."
+            )
 
     def check_inputs(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                      backbone_inputs: dict) -> None:

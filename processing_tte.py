@@ -11,17 +11,26 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import transformers
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoProcessor, BatchFeature
+from transformers.image_transforms import to_pil_image
+from transformers.image_utils import load_image as hf_load_image
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
+from transformers.video_utils import load_video as hf_load_video
 
 logger = logging.get_logger(__name__)
 
 ECR_MODES = ("full", "answer_only", "none")
 SIDES = ("query", "target")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
+URL_PREFIXES = ("http://", "https://")
+URL_TIMEOUT = 30.0  # seconds, per image URL
+VIDEO_FPS = 2.0  # frames sampled per second from a video file
+VIDEO_MAX_FRAMES = 32  # at most this many frames, uniformly spread, from a video file
 
 _FORMAT = (
     "Think step by step inside <think> </think>, then write the final answer on its own line as "
@@ -148,12 +157,54 @@ def answer_only(text: str) -> str:
     return rest
 
 
+def _short(source, limit: int = 80) -> str:
+    text = str(source)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _array_image(source, where: str) -> Image.Image:
+    """An RGB PIL image from a numpy array or tensor, `(H, W, C)` or `(C, H, W)`: floats in [0, 1], integers in
+    0-255."""
+    if torch.is_tensor(source):
+        source = source.detach().cpu()
+    if len(source.shape) != 3:
+        raise ValueError(f"{where}: an image array must have 3 dimensions (H, W, C) or (C, H, W), got shape "
+                         f"{tuple(source.shape)}")
+    floating = source.is_floating_point() if torch.is_tensor(source) else source.dtype.kind == "f"
+    if floating and not (0 <= float(source.min()) and float(source.max()) <= 1):
+        raise ValueError(f"{where}: a floating-point image array must hold values in [0, 1], got "
+                         f"[{float(source.min())}, {float(source.max())}]")
+    try:
+        return to_pil_image(source, do_rescale=floating).convert("RGB")
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: cannot convert an array of shape {tuple(source.shape)} to an image: "
+                         f"{error}") from error
+
+
+def is_array(source) -> bool:
+    """Whether `source` is a numpy array or a torch tensor (without importing numpy)."""
+    return torch.is_tensor(source) or type(source).__module__ == "numpy" and hasattr(source, "shape")
+
+
 def load_image(source, where: str) -> Image.Image:
-    """An RGB PIL image from a PIL image or a path; errors name `where` (row and field) and the path."""
+    """
+    An RGB PIL image from a PIL image, a path, an `http(s)://` URL or a base64 `data:image/...` URI (both through
+    transformers' `load_image`), or a numpy array / tensor (`(H, W, C)` or `(C, H, W)`). Errors name `where` (row and
+    field) and the source.
+    """
     if isinstance(source, Image.Image):
         return source.convert("RGB")
+    if is_array(source):
+        return _array_image(source, where)
+    if isinstance(source, str) and source.startswith((*URL_PREFIXES, "data:")):
+        try:
+            return hf_load_image(source, timeout=URL_TIMEOUT)
+        except Exception as error:  # network errors, HTTP error pages, undecodable bytes
+            raise ValueError(f"{where}: cannot load image {_short(source)}: {type(error).__name__}: "
+                             f"{_short(error, 300)}") from error
     if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"{where}: expected a PIL image or a path, got {type(source).__name__}")
+        raise ValueError(f"{where}: expected a PIL image, a path, a URL, a data URI or an image array, got "
+                         f"{type(source).__name__}")
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image file not found: {path}")
@@ -164,17 +215,66 @@ def load_image(source, where: str) -> Image.Image:
         raise ValueError(f"{where}: cannot read image {path}: {error}") from error
 
 
+def sample_video_frames(metadata, **kwargs) -> list[int]:
+    """Frame indices of a video file: `VIDEO_FPS` per second, at most `VIDEO_MAX_FRAMES`, uniformly spread."""
+    total = max(int(metadata.total_num_frames), 1)
+    wanted = round(metadata.duration * VIDEO_FPS) if metadata.duration else total
+    count = max(1, min(total, wanted, VIDEO_MAX_FRAMES))
+    return torch.linspace(0, total - 1, count).round().long().unique().tolist()
+
+
+def load_video_file(source: str, where: str) -> list[Image.Image]:
+    """Frames of a video file or `http(s)://` URL through transformers' `load_video` (PyAV backend), sampled by
+    [`sample_video_frames`]."""
+    try:
+        video, _ = hf_load_video(source, backend="pyav", sample_indices_fn=sample_video_frames)
+    except ImportError as error:
+        raise ImportError(f"{where}: reading the video file {source} needs PyAV: pip install av (or "
+                          f"think-then-embed[video])") from error
+    except Exception as error:  # undecodable files, network errors
+        raise ValueError(f"{where}: cannot read video {source}: {type(error).__name__}: {_short(error, 300)}") \
+            from error
+    return [Image.fromarray(frame).convert("RGB") for frame in video]
+
+
 def load_video(source, where: str) -> list[Image.Image]:
-    """Frames from a list of frames (PIL or paths) or a folder of image files (sorted by name)."""
+    """
+    Frames from a video file (`.mp4`, ... or an `http(s)://` URL, through transformers' `load_video`), a folder of
+    image files (sorted by name), a list of frames (anything `load_image` takes) or an array / tensor of frames
+    (`(T, H, W, C)` or `(T, C, H, W)`).
+    """
+    if isinstance(source, str) and source.startswith(URL_PREFIXES):
+        return load_video_file(source, where)
     if isinstance(source, (str, os.PathLike)):
-        folder = Path(source)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{where}: video frame folder not found: {folder}")
-        source = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        path = Path(source)
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            return load_video_file(str(path), where)
+        if not path.is_dir():
+            kind = "video file" if path.suffix.lower() in VIDEO_SUFFIXES else "video file or frame folder"
+            raise FileNotFoundError(f"{where}: {kind} not found: {path}")
+        source = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif is_array(source):
+        if len(source.shape) != 4:
+            raise ValueError(f"{where}: a video array must have 4 dimensions (T, H, W, C) or (T, C, H, W), got shape "
+                             f"{tuple(source.shape)}")
+    elif not isinstance(source, (list, tuple)):
+        raise ValueError(f"{where}: expected a video file, a frame folder, a list of frames or an array of frames, "
+                         f"got {type(source).__name__}")
     frames = [load_image(frame, f"{where}[{i}]") for i, frame in enumerate(source)]
     if not frames:
         raise ValueError(f"{where}: video has no frames")
     return frames
+
+
+def as_row(row, where: str) -> Mapping:
+    """A processor row as a dict: a string is a text row, a PIL image an image row; dicts pass through."""
+    if isinstance(row, str):
+        return {"text": row}
+    if isinstance(row, Image.Image):
+        return {"image": row}
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where}: expected a dict, a string or a PIL image, got {type(row).__name__}")
+    return row
 
 
 class TTEProcessor(ProcessorMixin):
@@ -182,8 +282,10 @@ class TTEProcessor(ProcessorMixin):
     Builds reasoner prompts and embedder inputs for Think-Then-Embed on top of a backbone VLM processor (rebuilt
     from the stored `backbone_processor_class`, e.g. `Qwen2VLProcessor`).
 
-    Rows are dicts with any of `image` (PIL image or path), `video` (list of frames or a folder of frames), `text`,
-    `instruction`, and `ecr` (the reasoning trace, `<think> ... </think> Answer: ...`).
+    Rows are strings (text), PIL images, or dicts with any of `image` (PIL image, path, `http(s)://` URL, base64
+    `data:image/...` URI, numpy array or tensor), `video` (a video file such as `.mp4` or a URL to one, read with
+    PyAV; a folder of frames; a list of frames; an array of frames), `text`, `instruction`, and `ecr` (the reasoning
+    trace, `<think> ... </think> Answer: ...`).
 
     Args:
         image_processor, video_processor, tokenizer: the backbone's sub-processors.
@@ -267,8 +369,7 @@ class TTEProcessor(ProcessorMixin):
     def _user_turn(self, row: dict, where: str, extra_text: str | None = None) -> tuple[dict, dict]:
         """The user message of `row` and its loaded media (`{"images": [...], "videos": [...]}`, plus `"names"`:
         the row, field and path of each, for error messages)."""
-        if not isinstance(row, Mapping):
-            raise ValueError(f"{where}: expected a dict, got {type(row).__name__}")
+        row = as_row(row, where)
         unknown = set(row) - {"image", "video", "text", "instruction", "ecr"}
         if unknown:
             logger.warning_once(f"TTEProcessor ignores row fields {sorted(unknown)}")
@@ -280,7 +381,8 @@ class TTEProcessor(ProcessorMixin):
                 continue
             name = f"{where} field {field!r}"
             media[kind].append(load(source, name))
-            media["names"][kind].append(f"{name} ({source})" if isinstance(source, (str, os.PathLike)) else name)
+            media["names"][kind].append(f"{name} ({_short(source)})" if isinstance(source, (str, os.PathLike))
+                                        else name)
             content.append({"type": field})
         text = (row.get("text") or "").strip()
         if not text and not content:
@@ -387,6 +489,7 @@ class TTEProcessor(ProcessorMixin):
     def _embedder_batch(self, rows: list[dict], side: str, method: str, padding_side: str) -> BatchFeature:
         texts, media = [], []
         for index, row in enumerate(self._rows(rows, method)):
+            row = as_row(row, f"{side} row {index}")
             turn, row_media = self._user_turn(row, f"{side} row {index}")
             texts.append(self.embedder_text(turn, row.get("ecr")))
             media.append(row_media)

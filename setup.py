@@ -21,12 +21,12 @@ setup(
         "datasets>=4.0",
         "accelerate>=1.10",
         "huggingface-hub>=1.0",
-        "evaluate>=0.4",
         "pillow>=10",
         "pyyaml>=6",
     ],
     extras_require={
         "serving": ["transformers[serving]>=5.20,<6", "openai>=1.0"],
-        "dev": ["pytest>=8", "ruff>=0.6", "transformers[serving]>=5.20,<6", "openai>=1.0"],
+        "video": ["av>=12"],  # video files (.mp4, ...) in processor rows, read by transformers' load_video
+        "dev": ["pytest>=8", "ruff>=0.6", "transformers[serving]>=5.20,<6", "openai>=1.0", "av>=12"],
     },
 )

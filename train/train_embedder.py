@@ -14,8 +14,11 @@ Paper recipe (Qwen2-VL-2B, LoRA r16/alpha64, tau 0.02, global batch 8192 with Gr
 Every key of the `--config` YAML is a command-line option (model, data and `TTEContrastiveConfig` /
 `TrainingArguments` fields); options given on the command line override the YAML. The YAML may also list the
 training subsets inline under `datasets:` (see `train.data.DatasetSpec`), or `--datasets` names a YAML file of them.
-The final model is written to `output_dir` as a self-contained TTE folder (LoRA merged) that loads with
-`AutoModel.from_pretrained(output_dir, trust_remote_code=True)`; `--push_to_hub --hub_model_id me/model` uploads it.
+The final model is written to `output_dir` as a self-contained TTE folder (LoRA merged, with a model card naming the
+training settings and data) that loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)`;
+`--push_to_hub true --hub_model_id me/model` uploads exactly that folder's files (not `checkpoint-*`, the adapter in
+`lora_adapter/` or the untrained base in `lora_base/`, which the LoRA adapters name as their `base_model_name_or_path`:
+`peft.AutoPeftModelForFeatureExtraction.from_pretrained(output_dir + "/lora_adapter", trust_remote_code=True)`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -35,7 +38,15 @@ from processing_tte import TTEProcessor
 
 from .collators import TTEContrastiveCollator
 from .data import load_dataset_specs, load_mmeb_train
-from .trainer import TTEContrastiveConfig, TTEContrastiveTrainer, prepare_model_for_training, save_tte_checkpoint
+from .trainer import (
+    TTEContrastiveConfig,
+    TTEContrastiveTrainer,
+    folder_state,
+    prepare_model_for_training,
+    save_tte_checkpoint,
+    upload_tte_folder,
+    written_since,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -119,31 +130,76 @@ def build_model(args: ModelArguments):
     return TTEForEmbedding.from_backbone(args.model_name_or_path, **tte_kwargs, **backbone_kwargs)
 
 
-def export_final(trainer: TTEContrastiveTrainer, processor, model_args: ModelArguments) -> Path:
-    """Write the final self-contained TTE folder to `output_dir` (and push it when asked). `Trainer.save_model`
-    gathers the weights however the run was sharded (DDP, FSDP, DeepSpeed); a LoRA adapter is then merged into a
-    freshly loaded backbone on the main process."""
+def resolved_tuning(args: ModelArguments) -> str:
+    """What trains: `args.tuning`, else LoRA for an embedder and the head for a unified model."""
+    return args.tuning or ("head" if args.mode == "unified" else "lora")
+
+
+def save_lora_base(trainer: TTEContrastiveTrainer, processor, model_args: ModelArguments) -> Path:
+    """Save the untrained TTE model (freshly built, on the main process) to `output_dir/lora_base` and make it the
+    trained model's `name_or_path`, which peft records as the `base_model_name_or_path` of every adapter saved
+    (checkpoints and `lora_adapter`), so that `AutoPeftModelForFeatureExtraction` rebuilds the model with `AutoModel`
+    from that folder's `auto_map`. Runs after the Trainer's up-front data checks, so bad data writes nothing."""
+    args = trainer.args
+    base = (Path(args.output_dir) / "lora_base").resolve()
+    with args.main_process_first(desc="saving the LoRA base model"):
+        if args.should_save:
+            build_model(model_args).save_pretrained(base)
+            processor.save_pretrained(base)
+    trainer.model.get_base_model().name_or_path = str(base)
+    return base
+
+
+def training_card(model: TTEForEmbedding, model_args: ModelArguments, data_args: DataArguments,
+                  training_args: TTEContrastiveConfig, specs: list, num_rows: int) -> str:
+    """The model card of the trained folder: the model's own card, then the training settings and data."""
+    settings = {"backbone": model_args.model_name_or_path, "mode": model_args.mode, "head_type": model_args.head_type,
+                "tuning": resolved_tuning(model_args), "ecr_mode": model_args.ecr_mode,
+                "max_ecr_tokens": model_args.max_ecr_tokens}
+    if settings["tuning"] == "lora":
+        settings.update(lora_r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                        lora_dropout=model_args.lora_dropout,
+                        lora_target_modules=model_args.lora_target_modules or "language model linear layers")
+    arguments = training_args.to_dict()  # plain values (enums as strings)
+    for name in ("loss_temperature", "symmetric_loss", "cross_device_negatives", "gradcache_chunk_size",
+                 "homogeneous_batches", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                 "lr_scheduler_type", "warmup_steps", "num_train_epochs", "max_steps", "seed"):
+        settings[name] = arguments[name]
+    settings["loss_temperature"] = settings["loss_temperature"] or model.config.loss_temperature
+    settings["world_size"] = training_args.world_size
+    data = {"datasets": [asdict(spec) for spec in specs], "rows": num_rows, "image_root": data_args.image_root,
+            "ecr_store": data_args.ecr_store, "on_missing_ecr": data_args.on_missing_ecr}
+    card = model.model_card().replace("---\n", f"---\nbase_model: {model_args.model_name_or_path}\n", 1)
+    return (f"{card}\n## Training\n\nTrained with `python -m train.train_embedder` (InfoNCE):\n\n```yaml\n"
+            f"{yaml.safe_dump(settings, sort_keys=False)}```\n\n## Training data\n\n```yaml\n"
+            f"{yaml.safe_dump(data, sort_keys=False)}```\n")
+
+
+def export_final(trainer: TTEContrastiveTrainer, processor, model_args: ModelArguments, card: str | None = None) \
+        -> Path:
+    """Write the final self-contained TTE folder to `output_dir` and, with `--push_to_hub`, upload exactly the files
+    written (weights, config, remote code, processor, `card` as README.md). `Trainer.save_model` gathers the weights
+    however the run was sharded (DDP, FSDP, DeepSpeed); a LoRA adapter is then merged into a freshly built backbone on
+    the main process."""
     args = trainer.args
     output_dir = Path(args.output_dir)
     from peft import PeftModel
 
+    before = folder_state(output_dir)
     if not isinstance(trainer.model, PeftModel):
         trainer.save_model(str(output_dir))  # weights, config with auto_map, *_tte.py and the processor
+        if trainer.is_world_process_zero() and card is not None:
+            (output_dir / "README.md").write_text(card, encoding="utf-8")
+        files = [name for name in written_since(output_dir, before) if name != "training_args.bin"]
     else:
-        adapter_dir = output_dir / "lora_adapter"
-        trainer.save_model(str(adapter_dir))
+        trainer.save_model(str(output_dir / "lora_adapter"))
         if trainer.is_world_process_zero():
-            merged = PeftModel.from_pretrained(build_model(model_args), str(adapter_dir))
-            save_tte_checkpoint(merged, processor, output_dir)
+            merged = PeftModel.from_pretrained(build_model(model_args), str(output_dir / "lora_adapter"))
+            _, files = save_tte_checkpoint(merged, processor, output_dir, card=card)
     trainer.accelerator.wait_for_everyone()
     if args.push_to_hub and trainer.is_world_process_zero():
-        from huggingface_hub import HfApi
-
-        repo = args.hub_model_id or output_dir.name
-        api = HfApi(token=args.hub_token)
-        api.create_repo(repo, private=args.hub_private_repo, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(output_dir), ignore_patterns=["checkpoint-*/**"],
-                          commit_message="Think-Then-Embed model")
+        upload_tte_folder(output_dir, files, args.hub_model_id or output_dir.resolve().name, token=args.hub_token,
+                          private=args.hub_private_repo, revision=args.hub_revision)
     return output_dir
 
 
@@ -162,8 +218,12 @@ def main(argv=None) -> TTEContrastiveTrainer:
                                       on_missing_ecr=data_args.on_missing_ecr)
     trainer = TTEContrastiveTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                     data_collator=collator, processing_class=processor)
+    if resolved_tuning(model_args) == "lora":
+        save_lora_base(trainer, processor, model_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    output_dir = export_final(trainer, processor, model_args)
+    card = training_card(trainer.accelerator.unwrap_model(trainer.model), model_args, data_args, training_args,
+                         specs, len(train_dataset))
+    output_dir = export_final(trainer, processor, model_args, card)
     if collator.missing_ecr:
         logger.warning(f"{collator.missing_ecr} sides were embedded without ECR (on_missing_ecr='no_ecr')")
     if trainer.is_world_process_zero():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -109,7 +110,10 @@ def prepare_model_for_training(model: nn.Module, tuning: str | None = None, lora
         return model.requires_grad_(True)
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+    # a task type makes peft record no `auto_mapping` (the class's module, for remote code a hashed
+    # `transformers_modules...` name that `AutoPeftModel` refuses without an allow-list) and makes
+    # `AutoPeftModelForFeatureExtraction` load the base with `AutoModel`, which finds TTE through its `auto_map`
+    config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, task_type="FEATURE_EXTRACTION",
                         target_modules=lora_target_modules or DEFAULT_LORA_TARGETS,
                         modules_to_save=["projection"] if getattr(model, "projection", None) is not None else None)
     return get_peft_model(model, config)
@@ -124,20 +128,63 @@ def export_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def folder_state(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """`{relative path: (mtime_ns, size)}` of every file under `folder`, to tell later which files were written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {str(path.relative_to(folder)): (path.stat().st_mtime_ns, path.stat().st_size)
+            for path in folder.rglob("*") if path.is_file()}
+
+
 def save_tte_checkpoint(model: nn.Module, processor, output_dir: str | os.PathLike, push_to_hub: str | None = None,
-                        **hub_kwargs) -> nn.Module:
+                        card: str | None = None, **hub_kwargs) -> tuple[nn.Module, list[str]]:
     """
-    Save a self-contained TTE folder (weights, `config.json` with `auto_map`, the `*_tte.py` remote code and the
-    processor) that loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)`; LoRA is merged first.
-    `push_to_hub` (a repo id) also uploads model and processor there.
+    Save a self-contained TTE folder (weights, `config.json` with `auto_map`, the `*_tte.py` remote code, the processor
+    and a model card) that loads with `AutoModel.from_pretrained(folder, trust_remote_code=True)`; LoRA is merged
+    first. `card` replaces the model's own card (`README.md`). `push_to_hub` (a repo id) uploads exactly the files
+    written here (see [`upload_tte_folder`]; `hub_kwargs`: `token`, `private`, `revision`, `commit_message`).
+
+    Returns:
+        `(model, files)`: the saved (merged) model and the folder's files this call wrote, relative to `output_dir`
+        (other files already there, e.g. `checkpoint-*` folders, are not part of the model).
     """
+    folder = Path(output_dir)
+    before = folder_state(folder)
     model = export_model(model)
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if card is not None:
+        (folder / "README.md").write_text(card, encoding="utf-8")
+    files = written_since(folder, before)
     if push_to_hub:
-        model.push_to_hub(push_to_hub, **hub_kwargs)
-        processor.push_to_hub(push_to_hub, **hub_kwargs)
-    return model
+        upload_tte_folder(folder, files, push_to_hub, **hub_kwargs)
+    return model, files
+
+
+def written_since(folder: str | os.PathLike, before: dict[str, tuple[int, int]]) -> list[str]:
+    """The files under `folder` (relative paths) that are new or changed since `before = folder_state(folder)`."""
+    return sorted(name for name, state in folder_state(folder).items() if before.get(name) != state)
+
+
+def upload_tte_folder(folder: str | os.PathLike, files: list[str], repo_id: str, token: str | None = None,
+                      private: bool | None = None, revision: str | None = None,
+                      commit_message: str = "Think-Then-Embed model"):
+    """
+    Upload `files` (paths relative to `folder`, e.g. those [`save_tte_checkpoint`] wrote) to the model repo `repo_id`
+    (created if needed) in one commit with `huggingface_hub.upload_folder`, and nothing else of `folder`.
+
+    Returns:
+        The `huggingface_hub.CommitInfo` of the commit.
+    """
+    from huggingface_hub import HfApi
+
+    if not files:
+        raise ValueError(f"nothing to upload from {folder}: no files given")
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=list(files), revision=revision,
+                             commit_message=commit_message)
 
 
 class TTEContrastiveTrainer(Trainer):
@@ -171,6 +218,27 @@ class TTEContrastiveTrainer(Trainer):
         temperature = self.args.loss_temperature or self.model.config.loss_temperature
         self.loss_fn = loss_fn or InfoNCELoss(temperature, symmetric=self.args.symmetric_loss,
                                               gather_across_devices=self.args.cross_device_negatives)
+
+    # ------------------------------------------------------------------ saving and the hub
+    # `args.push_to_hub` is honoured by uploading the self-contained TTE folder once, at the end (`upload_tte_folder`,
+    # from `train.train_embedder`). The Trainer's own pushes would upload what it writes to `output_dir`: a LoRA
+    # adapter beside the merged weights (loaded on top of them by `AutoModel`) and the Trainer's model card.
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Does nothing: the repo is created when the final TTE folder is uploaded."""
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Does nothing: checkpoints (adapters, optimiser state) are not uploaded, nor copied into `output_dir`."""
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """[`~transformers.Trainer.save_model`] (weights gathered however the run is sharded), without its push."""
+        super().save_model(output_dir, _internal_call=True)
+
+    def push_to_hub(self, *args, **kwargs):
+        """Not the Trainer's push (a raw `output_dir` with an adapter and the Trainer's card): upload the final TTE
+        folder with [`save_tte_checkpoint`] / [`upload_tte_folder`] (as `train.train_embedder --push_to_hub` does)."""
+        raise NotImplementedError("TTEContrastiveTrainer does not push output_dir as the Trainer writes it: save the "
+                                  "self-contained TTE folder with save_tte_checkpoint(..., push_to_hub=repo_id) (or "
+                                  "train.train_embedder --push_to_hub true)")
 
     # ------------------------------------------------------------------ loss
     @staticmethod
@@ -262,4 +330,4 @@ class TTEContrastiveTrainer(Trainer):
 
 
 __all__ = ["TTEContrastiveConfig", "TTEContrastiveTrainer", "export_model", "prepare_model_for_training",
-           "save_tte_checkpoint"]
+           "folder_state", "save_tte_checkpoint", "upload_tte_folder", "written_since"]
