@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    py_modules=["configuration_tte", "modeling_tte", "processing_tte"],
+    py_modules=["configuration_tte", "modeling_tte", "processing_tte", "sentence_tte"],
     packages=["train", "eval"],
     package_data={"train": ["recipes/*.yaml", "recipes/accelerate/*.yaml"], "eval": ["*.yaml", "*.json"]},
     install_requires=[
@@ -27,6 +27,9 @@ setup(
     ],
     extras_require={
         "serving": ["transformers[serving]>=5.20,<6", "openai>=1.0"],
-        "dev": ["pytest>=8", "ruff>=0.6", "transformers[serving]>=5.20,<6", "openai>=1.0"],
+        "st": ["sentence-transformers>=6.3,<7"],
+        "mteb": ["mteb>=2.26,<3", "sentence-transformers>=6.3,<7"],
+        "dev": ["pytest>=8", "ruff>=0.6", "transformers[serving]>=5.20,<6", "openai>=1.0",
+                "sentence-transformers>=6.3,<7", "mteb>=2.26,<3"],
     },
 )
