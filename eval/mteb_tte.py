@@ -152,11 +152,14 @@ class TTEMtebEncoder(AbsEncoder):
         think = {"think": task_type, "max_new_tokens": self.max_new_tokens} if self.reasoner == "self" else {}
         chunks = []
         desc = f"{task_metadata.name} {'documents' if document else 'queries'}"
-        for batch in tqdm(inputs, desc=desc, unit="batch", disable=not kwargs.get("show_progress_bar", True)):
-            rows = batch_rows(batch, instruction)
-            if isinstance(self.reasoner, ReasonerBackend):
-                rows = self.attach_ecr(rows, task_metadata.name, "target" if document else "query", task_type)
-            chunks.append(encode(rows, batch_size=self.batch_size, show_progress_bar=False, **think))
+        total = len(inputs.dataset) if hasattr(inputs, "dataset") else None
+        with tqdm(total=total, desc=desc, unit="row", disable=not kwargs.get("show_progress_bar", True)) as bar:
+            for batch in inputs:
+                rows = batch_rows(batch, instruction)
+                if isinstance(self.reasoner, ReasonerBackend):
+                    rows = self.attach_ecr(rows, task_metadata.name, "target" if document else "query", task_type)
+                chunks.append(encode(rows, batch_size=self.batch_size, show_progress_bar=False, **think))
+                bar.update(len(rows))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.model.get_embedding_dimension()))
 
     def attach_ecr(self, rows: list[dict], dataset: str, side: str, task_type: str) -> list[dict]:
