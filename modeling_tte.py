@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
+import shutil
 from dataclasses import dataclass, fields
 
 import torch
@@ -391,6 +393,40 @@ template, the ECR or the end-of-turn token whose state is pooled (the model logs
 inputs). Use the processor as above.
 """
 
+# sentence-transformers: the input module (remote code beside this file) and the files that load it. The module's
+# own config has another name than `config.json`, which is TTE's.
+SENTENCE_TRANSFORMERS_MODULE = "sentence_tte.py"
+SENTENCE_TRANSFORMERS_FILES = {
+    "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_tte.TTESentenceModule"}],
+    "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "prompts": {"query": "", "document": ""},
+                                          "default_prompt_name": None, "similarity_fn_name": "cosine"},
+    "sentence_tte_config.json": {"think_task_type": "retrieval", "max_new_tokens": None},
+}
+
+
+def write_sentence_transformers_files(folder, sources: list[str]) -> None:
+    """
+    Make `folder` load with `SentenceTransformer(folder, trust_remote_code=True)`: copy `sentence_tte.py` from the
+    first of `sources` (folders) that holds it, and write `modules.json`, `config_sentence_transformers.json` and
+    the module's `sentence_tte_config.json` where the folder has none (a folder that sentence-transformers saved
+    keeps its own). Logs a warning and writes nothing when no source holds the module.
+    """
+    source = next((os.path.join(s, SENTENCE_TRANSFORMERS_MODULE) for s in sources
+                   if s and os.path.isfile(os.path.join(s, SENTENCE_TRANSFORMERS_MODULE))), None)
+    if source is None:
+        logger.warning_once(f"{SENTENCE_TRANSFORMERS_MODULE} not found beside modeling_tte.py or in the model's "
+                            f"folder: the saved folder will not load with sentence-transformers")
+        return
+    target = os.path.join(folder, SENTENCE_TRANSFORMERS_MODULE)
+    if not os.path.exists(target) or not os.path.samefile(source, target):
+        shutil.copyfile(source, target)
+    for name, content in SENTENCE_TRANSFORMERS_FILES.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as handle:
+                json.dump(content, handle, indent=2)
+
+
 HEADS = {
     "last_token": LastTokenHead,
     "attention_pooler": AttentionPoolerHead,
@@ -515,12 +551,17 @@ class TTEForEmbedding(TTEPreTrainedModel):
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) with usage if the folder has none."""
+        """`PreTrainedModel.save_pretrained`, plus a model card (README.md) with usage if the folder has none, and the
+        files that make the folder load with `SentenceTransformer(folder, trust_remote_code=True)` (see
+        `write_sentence_transformers_files`; save the processor into the same folder too)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         card = os.path.join(save_directory, "README.md")
         if kwargs.get("is_main_process", True) and not os.path.exists(card):
             with open(card, "w", encoding="utf-8") as handle:
                 handle.write(self.model_card())
+        if kwargs.get("is_main_process", True):
+            write_sentence_transformers_files(save_directory, [os.path.dirname(os.path.abspath(__file__)),
+                                                               str(self.name_or_path or "")])
 
     def model_card(self) -> str:
         """The model card (README.md) text that `save_pretrained` writes: what the model is and how to call it."""
