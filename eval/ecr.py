@@ -20,7 +20,8 @@ def ecr_keys(data: TaskData) -> list[tuple[str, str, str]]:
             + [ecr_key(name, cand, "target") for cand in data.corpus])
 
 
-def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batch_size: int = 16):
+def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batch_size: int = 16,
+                         show_progress: bool = True):
     """The seam to ECR generation: build `train.generate_ecr.ECRRequest`s for `missing` keys and run
     `train.generate_ecr.run_generation`, which writes the records into `store`. Returns its report."""
     from train.generate_ecr import ECRRequest, run_generation
@@ -28,7 +29,7 @@ def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batc
     rows = {"query": {q.row_id: q.row for q in data.queries}, "target": data.corpus}
     requests = [ECRRequest(dataset, row_id, side, rows[side][row_id], data.spec.task_type)
                 for dataset, row_id, side in missing]
-    return run_generation(requests, store, backend, batch_size=batch_size, show_progress=False)
+    return run_generation(requests, store, backend, batch_size=batch_size, show_progress=show_progress)
 
 
 def _lookup(data: TaskData, store: ECRStore) -> tuple[dict, list, list]:
@@ -75,7 +76,7 @@ def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", b
     store.reload()
     found, stale, missing = _lookup(data, store)
     if (stale or missing) and backend is not None:
-        generate_missing_ecr(data, (missing + stale)[rank::world], store, backend, batch_size)
+        generate_missing_ecr(data, (missing + stale)[rank::world], store, backend, batch_size, show_progress=rank == 0)
         barrier()
         store.reload()
         found, stale, missing = _lookup(data, store)
