@@ -26,6 +26,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ BATCH_LINES = 20_000  # lines per indexing transaction
 BATCH_BYTES = 32 * 2**20  # bytes read per indexing transaction (a longer single line is read whole)
 CACHE_KIB = 16 * 1024  # SQLite page cache per connection
 BUSY_TIMEOUT_S = 300.0  # how long to wait for another process's indexing transaction
+SNAPSHOT_S = 0.5  # a reader sees other processes' commits at most this late (and at once after `refresh`)
 HEAD_BYTES = 4096  # a part's first bytes, hashed to notice a replaced part
 _CHUNK = 900  # keys per IN (...) query
 _MAX_OPEN_PARTS = 64
@@ -56,6 +58,8 @@ CREATE INDEX IF NOT EXISTS records_by_key ON records (khash);
 CREATE TABLE IF NOT EXISTS bad_lines (part INTEGER NOT NULL, line INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (part, line)) WITHOUT ROWID;
 """
+_ONE_KEY = ("SELECT part, offset, length, created, request_hash, content_hash, dataset, row_id, side FROM records "
+            "WHERE khash = ?")
 _ENTRY_COLUMNS = "khash, dataset, row_id, side, part, offset, length, created, request_hash, content_hash"
 
 Key = tuple[str, str, str]
@@ -109,7 +113,11 @@ class StoreIndex:
 
     # ------------------------------------------------------------------------------------------- connecting
     def _connect(self) -> None:
-        self._pid, self._fds, self._part_names = os.getpid(), {}, {}
+        self._open_some_location()
+        self._cursor = self.db.cursor()
+
+    def _open_some_location(self) -> None:
+        self._pid, self._fds, self._part_names, self._snapshot_since = os.getpid(), {}, {}, None
         self.read_only = False
         primary = self.folder / INDEX_NAME
         for location in (primary, None, _private_location(self.folder), ":memory:"):
@@ -181,6 +189,21 @@ class StoreIndex:
             if self.location == ":memory:":
                 self.refresh()
 
+    def _reading(self) -> None:
+        """Before a read: this process's connection, inside a read snapshot renewed every `SNAPSHOT_S` seconds (one
+        read transaction for many lookups: beginning and ending one per query costs WAL locking each time)."""
+        self._check_process()
+        now = time.monotonic()
+        if self._snapshot_since is None or now - self._snapshot_since > SNAPSHOT_S:
+            self._end_snapshot()
+            self.db.execute("BEGIN")
+            self._snapshot_since = now
+
+    def _end_snapshot(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+        self._snapshot_since = None
+
     def close(self) -> None:
         """Close the connection and the part files."""
         with self._lock:
@@ -188,6 +211,7 @@ class StoreIndex:
                 os.close(fd)
             self._fds = {}
             if os.getpid() == self._pid:
+                self._end_snapshot()
                 self.db.close()
 
     # ------------------------------------------------------------------------------------------- indexing
@@ -212,6 +236,7 @@ class StoreIndex:
         """Index the new complete lines of every part (parts in name order) and forget parts that are gone."""
         with self._lock:
             self._check_process()
+            self._end_snapshot()
             if self.read_only:
                 return
             disk = self._disk_parts()
@@ -229,6 +254,7 @@ class StoreIndex:
         """Index the new complete lines of one part file, one transaction per batch."""
         with self._lock:
             self._check_process()
+            self._end_snapshot()
             if self.read_only:
                 return
             try:
@@ -354,9 +380,9 @@ class StoreIndex:
             self._part_names = dict(self.db.execute("SELECT id, name FROM parts"))
         return self._part_names[part_id]
 
-    def _rows_for(self, hashes: list[int]) -> list[tuple]:
+    def _rows_for(self, hashes: list[int], columns: str = _ENTRY_COLUMNS) -> list[tuple]:
         marks = ", ".join("?" * len(hashes))
-        return self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM records WHERE khash IN ({marks})", hashes).fetchall()
+        return self.db.execute(f"SELECT {columns} FROM records WHERE khash IN ({marks})", hashes).fetchall()
 
     def _group(self, rows: Iterable[tuple]) -> dict[Key, list[IndexEntry]]:
         """Rows by key, each key's entries in read order (parts in name order, then offset)."""
@@ -365,35 +391,38 @@ class StoreIndex:
             entry = IndexEntry(self._name(part), offset, length, created, request, content)
             groups.setdefault((dataset, row_id, _SIDES[side]), []).append(entry)
         for entries in groups.values():
-            entries.sort(key=lambda e: (e.part, e.offset))
+            if len(entries) > 1:
+                entries.sort(key=lambda e: (e.part, e.offset))
         return groups
 
     def _keys_present(self, keys: Iterable[Key]) -> list[Key]:
-        keys = list(keys)
-        present = []
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start:start + _CHUNK]
-            found = {(r[1], r[2], _SIDES[r[3]]) for r in self._rows_for([key_hash(*k) for k in chunk])}
-            present += [key for key in chunk if key in found]
-        return present
+        found = self.request_hashes_many(list(keys))
+        return [key for key in keys if key in found]
 
     def entries(self, key: Key) -> list[IndexEntry]:
         """The entries of one key, in read order (empty when it has none)."""
         with self._lock:
-            self._check_process()
-            rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM records WHERE khash = ? AND dataset = ? AND "
-                                   "row_id = ? AND side = ?", (key_hash(*key), key[0], key[1],
-                                                              _SIDES.index(key[2]))).fetchall()
-            return self._group(rows).get(tuple(key), [])
+            self._reading()
+            dataset, row_id, side = key
+            side = _SIDES.index(side)
+            rows = self._cursor.execute(_ONE_KEY, (key_hash(*key),)).fetchall()
+            entries = [IndexEntry(self._name(r[0]), *r[1:6]) for r in rows
+                       if r[6] == dataset and r[7] == row_id and r[8] == side]
+            if len(entries) > 1:
+                entries.sort(key=lambda e: (e.part, e.offset))
+            return entries
 
-    def entries_many(self, keys: list[Key]) -> dict[Key, list[IndexEntry]]:
-        """The entries of each of `keys` that has any (queried `_CHUNK` keys at a time)."""
+    def request_hashes_many(self, keys: list[Key]) -> dict[Key, list[str | None]]:
+        """The `request_hash` of every record of each of `keys` that has any (`_CHUNK` keys per query)."""
         with self._lock:
-            self._check_process()
+            self._reading()
             wanted, found = set(keys), {}
             for start in range(0, len(keys), _CHUNK):
-                rows = self._rows_for([key_hash(*k) for k in keys[start:start + _CHUNK]])
-                found.update((k, v) for k, v in self._group(rows).items() if k in wanted)
+                hashes = [key_hash(*k) for k in keys[start:start + _CHUNK]]
+                for dataset, row_id, side, request in self._rows_for(hashes, "dataset, row_id, side, request_hash"):
+                    key = (dataset, row_id, _SIDES[side])
+                    if key in wanted:
+                        found.setdefault(key, []).append(request)
             return found
 
     def groups(self, page: int = 2000) -> Iterator[tuple[Key, list[IndexEntry]]]:
@@ -401,7 +430,7 @@ class StoreIndex:
         last = None
         while True:
             with self._lock:
-                self._check_process()
+                self._reading()
                 where, params = ("WHERE khash > ?", (last,)) if last is not None else ("", ())
                 rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM records {where} ORDER BY khash LIMIT ?",
                                        (*params, page)).fetchall()
@@ -415,13 +444,13 @@ class StoreIndex:
 
     def key_count(self) -> int:
         with self._lock:
-            self._check_process()
+            self._reading()
             return self.db.execute("SELECT value FROM meta WHERE name = 'keys'").fetchone()[0]
 
     def bad_lines(self) -> list[tuple[str, int, str]]:
         """`(part path, line number, reason)` of every bad line, parts in name order, then line order."""
         with self._lock:
-            self._check_process()
+            self._reading()
             rows = self.db.execute("SELECT parts.name, line, reason FROM bad_lines JOIN parts ON parts.id = "
                                    "bad_lines.part ORDER BY parts.name, line").fetchall()
             return [(str(self.folder / name), line, reason) for name, line, reason in rows]

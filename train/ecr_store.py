@@ -265,10 +265,13 @@ class ECRStore:
         return index.entries(key) if index is not None else []
 
     def _read(self, key: tuple[str, str, str], entry: IndexEntry) -> ECRRecord:
-        """The record an index entry points to (read by offset from its part)."""
+        """The record an index entry points to (read by offset from its part; it was validated when indexed)."""
         try:
-            record = _parse_record(self._index.read(entry))
-        except ValueError:
+            data = json.loads(self._index.read(entry))
+            record = ECRRecord(data["dataset"], data["row_id"], data["side"], data["ecr"], data["answer"],
+                               data["reasoner"], data["prompt_hash"], data.get("content_hash"),
+                               data.get("request_hash"), data.get("created"))
+        except (ValueError, TypeError, KeyError):
             record = None
         if record is None or record.key != key:  # a part edited in place, not appended to: index it again
             self.reload()
@@ -358,13 +361,16 @@ class ECRStore:
         index, missing = self._idx(), []
         for start in range(0, len(keys), chunk_size):
             chunk = keys[start:start + chunk_size]
-            found = index.entries_many(chunk) if index is not None else {}
+            found = index.request_hashes_many(chunk) if index is not None else {}
             for key in chunk:
-                entries = found.get(key)
-                wanted = request_hashes.get(key) if request_hashes is not None else None
-                if entries and wanted is not None:
-                    entries = self._matching(entries, "request_hash", wanted)
-                if not entries:
+                stored = found.get(key)
+                wanted = request_hashes.get(key) if request_hashes is not None and stored else None
+                if wanted is not None and wanted not in stored:
+                    if None in stored:  # records of unknown provenance count, with a warning
+                        self._warn_unknown_provenance()
+                    else:
+                        stored = None
+                if not stored:
                     missing.append(key)
         return missing
 
@@ -432,10 +438,10 @@ class ECRStore:
             if record.side not in SIDES:
                 raise ValueError(f"record {record.key}: side must be one of {list(SIDES)}")
         index = self._idx()
-        stored = index.entries_many(list(dict.fromkeys(r.key for r in records))) if index is not None else {}
+        stored = index.request_hashes_many(list(dict.fromkeys(r.key for r in records))) if index is not None else {}
         fresh, seen, now = [], set(), time.time()
         for record in records:
-            done = {entry.request_hash for entry in stored.get(record.key, ())}
+            done = set(stored.get(record.key, ()))
             if record.request_hash in done or (record.key, record.request_hash) in seen:
                 continue
             seen.add((record.key, record.request_hash))
