@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = ".index.sqlite"
 SCHEMA_VERSION = "1"
 BATCH_LINES = 20_000  # lines per indexing transaction
-BATCH_BYTES = 32 * 2**20  # bytes read per indexing transaction (a longer single line is read whole)
+BATCH_BYTES = 16 * 2**20  # bytes read per indexing transaction (a longer single line is read whole)
 CACHE_KIB = 16 * 1024  # SQLite page cache per connection
 BUSY_TIMEOUT_S = 300.0  # how long to wait for another process's indexing transaction
 SNAPSHOT_S = 0.5  # a reader sees other processes' commits at most this late (and at once after `refresh`)
@@ -318,29 +318,31 @@ class StoreIndex:
                      open_tail: int) -> tuple[int, int, int]:
         """Parse and insert a batch of lines from `start`; returns the new offset, line count and open-tail flag."""
         data, at_end = self._read_lines(fd, start, size)
-        pieces = data.split(b"\n")
-        tail = pieces.pop()  # after the last newline: empty, a torn line, or a complete record without newline
-        pieces = pieces[:BATCH_LINES]
-        rows, bad, offset = [], [], start
-        for piece in pieces:
-            lines += 1
-            self._add_line(piece, part_id, offset, lines, rows, bad, name)
-            offset += len(piece) + 1
-        if tail and at_end and len(pieces) < BATCH_LINES and offset + len(tail) == size:
+        rows, bad, position, count = [], [], 0, 0
+        while count < BATCH_LINES:
+            newline = data.find(b"\n", position)
+            if newline < 0:
+                break
+            lines, count = lines + 1, count + 1
+            self._add_line(data[position:newline], part_id, start + position, lines, rows, bad)
+            position = newline + 1
+        offset, tail = start + position, data[position:] if count < BATCH_LINES else b""
+        # `tail`: after the last newline: empty, a torn line, or a complete record without its newline
+        if tail and at_end and offset + len(tail) == size:
             try:
                 self.parse(tail)
             except ValueError:
-                logger.info(f"{self.folder / name}:{lines + 1}: skipped a torn last line (a writer killed mid-line)")
+                logger.info(f"{self.folder / name}:{lines + 1}: skipped a torn last line (a writer killed or still "
+                            "writing mid-line)")
             else:
                 lines += 1
-                self._add_line(tail, part_id, offset, lines, rows, bad, name)
+                self._add_line(tail, part_id, offset, lines, rows, bad)
                 offset, open_tail = offset + len(tail), 1
         self._insert(rows)
         self.db.executemany("INSERT OR REPLACE INTO bad_lines VALUES (?, ?, ?)", bad)
         return offset, lines, open_tail
 
-    def _add_line(self, line: bytes, part_id: int, offset: int, number: int, rows: list, bad: list,
-                  name: str) -> None:
+    def _add_line(self, line: bytes, part_id: int, offset: int, number: int, rows: list, bad: list) -> None:
         try:
             dataset, row_id, side, created, request, content = self.parse(line)
         except ValueError as error:
@@ -466,6 +468,8 @@ class StoreIndex:
                         os.close(old)
                     self._fds = {}
                 fd = self._fds[entry.part] = os.open(self.folder / entry.part, os.O_RDONLY)
+                if hasattr(os, "posix_fadvise"):  # lookups are random: no read-ahead on a page cache miss
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             return os.pread(fd, entry.length, entry.offset)
 
 
