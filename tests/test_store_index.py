@@ -153,6 +153,26 @@ def test_sigkill_mid_indexing_then_reopen_loses_and_duplicates_nothing(tmp_path)
     assert store.bad_lines == 0
 
 
+OPENER = """
+import sys
+import train.ecr_index as index
+index.BATCH_LINES = 500
+from train.ecr_store import ECRStore
+print(len(ECRStore(sys.argv[1])), flush=True)
+"""
+
+
+def test_processes_indexing_the_same_store_at_once_share_the_work_without_duplicates(tmp_path):
+    records = 40_000
+    write_store(tmp_path, records, parts=2, ecr_bytes=200, seed=0)
+    openers = [subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path)], cwd=REPO, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [process.communicate(timeout=300) for process in openers]
+    for process, (out, err) in zip(openers, outputs, strict=True):
+        assert process.returncode == 0 and out.split() == [str(records)], err[-3000:]
+    assert index_state(tmp_path)["rows"] == records and len(ECRStore(tmp_path)) == records
+
+
 WRITER = """
 import sys, time
 from pathlib import Path

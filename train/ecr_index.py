@@ -20,6 +20,7 @@ Where the index cannot be written (a read-only store folder), a complete index a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -118,6 +119,7 @@ class StoreIndex:
 
     def _open_some_location(self) -> None:
         self._pid, self._fds, self._part_names, self._snapshot_since = os.getpid(), {}, {}, None
+        self._writing = False
         self.read_only = False
         primary = self.folder / INDEX_NAME
         for location in (primary, None, _private_location(self.folder), ":memory:"):
@@ -193,11 +195,24 @@ class StoreIndex:
         """Before a read: this process's connection, inside a read snapshot renewed every `SNAPSHOT_S` seconds (one
         read transaction for many lookups: beginning and ending one per query costs WAL locking each time)."""
         self._check_process()
+        if self._writing:
+            return
         now = time.monotonic()
         if self._snapshot_since is None or now - self._snapshot_since > SNAPSHOT_S:
             self._end_snapshot()
             self.db.execute("BEGIN")
             self._snapshot_since = now
+
+    @contextlib.contextmanager
+    def _write(self):
+        """One `BEGIN IMMEDIATE` write transaction (the read snapshot ended first; none is begun inside)."""
+        self._end_snapshot()
+        self._writing = True
+        try:
+            with _transaction(self.db):
+                yield
+        finally:
+            self._writing = False
 
     def _end_snapshot(self) -> None:
         if self.db.in_transaction:
@@ -243,7 +258,7 @@ class StoreIndex:
             names = {p.name for p in disk}
             gone = [(i, n) for i, n in self.db.execute("SELECT id, name FROM parts") if n not in names]
             for part_id, name in gone:
-                with _transaction(self.db):
+                with self._write():
                     self._forget(part_id, delete_part=True)
                 logger.info(f"ECR store index: part {name} is gone from {self.folder}; forgot its records")
             for path in disk:
@@ -275,7 +290,7 @@ class StoreIndex:
         size = os.fstat(fd).st_size
         if row is not None and row[1] == size and (row[4] == 0 or _head_hash(fd, row[4]) == row[5]):
             return False  # up to date (checked without the write lock)
-        with _transaction(self.db):
+        with self._write():
             row = self._part_row(name)  # again, under the write lock: another process may have indexed it
             size = os.fstat(fd).st_size
             if row is None:
@@ -398,8 +413,20 @@ class StoreIndex:
         return groups
 
     def _keys_present(self, keys: Iterable[Key]) -> list[Key]:
-        found = self.request_hashes_many(list(keys))
+        keys = list(keys)
+        found = self._request_hashes(keys)
         return [key for key in keys if key in found]
+
+    def _request_hashes(self, keys: list[Key]) -> dict[Key, list[str | None]]:
+        """`request_hashes_many` inside whatever transaction is open (indexing uses it mid-transaction)."""
+        wanted, found = set(keys), {}
+        for start in range(0, len(keys), _CHUNK):
+            hashes = [key_hash(*k) for k in keys[start:start + _CHUNK]]
+            for dataset, row_id, side, request in self._rows_for(hashes, "dataset, row_id, side, request_hash"):
+                key = (dataset, row_id, _SIDES[side])
+                if key in wanted:
+                    found.setdefault(key, []).append(request)
+        return found
 
     def entries(self, key: Key) -> list[IndexEntry]:
         """The entries of one key, in read order (empty when it has none)."""
@@ -418,14 +445,7 @@ class StoreIndex:
         """The `request_hash` of every record of each of `keys` that has any (`_CHUNK` keys per query)."""
         with self._lock:
             self._reading()
-            wanted, found = set(keys), {}
-            for start in range(0, len(keys), _CHUNK):
-                hashes = [key_hash(*k) for k in keys[start:start + _CHUNK]]
-                for dataset, row_id, side, request in self._rows_for(hashes, "dataset, row_id, side, request_hash"):
-                    key = (dataset, row_id, _SIDES[side])
-                    if key in wanted:
-                        found.setdefault(key, []).append(request)
-            return found
+            return self._request_hashes(keys)
 
     def groups(self, page: int = 2000) -> Iterator[tuple[Key, list[IndexEntry]]]:
         """Every key with its entries, in key-hash order, fetched `page` rows at a time (no cursor stays open)."""

@@ -4,6 +4,12 @@ A store is a folder of JSON-lines part files (one per writer, e.g. one per `acce
 work finishes, so a killed job loses at most the line it was writing. A writer holds `<part>.lock` (`flock`), so a
 second process writing the same part fails fast instead of duplicating the work.
 
+Reading goes through an on-disk index of the parts (`train.ecr_index`: `<store>/.index.sqlite`, SQLite in WAL mode,
+shared by every process on the machine): a key's records are found in O(log n) and read by offset from their part,
+so memory does not grow with the store (a 1M-trace store opens in milliseconds once indexed, in tens of MiB). A store
+written without an index (older versions, or copied parts) is indexed on first open; after that only lines appended
+since are read. Nothing of the write path depends on the index: parts stay the source of truth.
+
 Provenance: a record carries `content_hash` (the row's text, instruction and media, see `content_hash`) and
 `request_hash` (content, side, task type, hint, reasoner prompt and reasoner identity), so a reader can tell a
 record written for another row or another request (rows inserted, a different model or task type) from a valid
@@ -220,7 +226,7 @@ class ECRStore:
         self.reload()
 
     def __getstate__(self) -> dict:  # e.g. a collator sent to DataLoader workers: no connection, no lock
-        return {**{name: getattr(self, name) for name in self.__dict__}, "_index": None, "_lock_handle": None}
+        return {**self.__dict__, "_index": None, "_lock_handle": None}
 
     def close(self) -> None:
         """Close the index connection and part files (reopened on the next read)."""
