@@ -35,6 +35,7 @@ import random
 import re
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -332,6 +333,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still remove the temp store (GBs)
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="tte-bench-scale-", dir=args.dir) as scratch:
         results = {"settings": vars(args), "machine": machine, "store": bench_store(args, Path(scratch))}

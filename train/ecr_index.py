@@ -36,7 +36,7 @@ from typing import NamedTuple
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = ".index.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 BATCH_LINES = 20_000  # lines per indexing transaction
 BATCH_BYTES = 16 * 2**20  # bytes read per indexing transaction (a longer single line is read whole)
 CACHE_KIB = 16 * 1024  # SQLite page cache per connection
@@ -52,16 +52,16 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, indexed_bytes INTEGER NOT NULL,
     lines INTEGER NOT NULL, open_tail INTEGER NOT NULL, head_len INTEGER NOT NULL, head_hash TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, khash INTEGER NOT NULL, dataset TEXT NOT NULL,
-    row_id TEXT NOT NULL, side INTEGER NOT NULL, part INTEGER NOT NULL, offset INTEGER NOT NULL,
-    length INTEGER NOT NULL, created REAL, request_hash TEXT, content_hash TEXT);
-CREATE INDEX IF NOT EXISTS records_by_key ON records (khash);
+CREATE TABLE IF NOT EXISTS records (id INTEGER PRIMARY KEY, dataset TEXT NOT NULL, row_id TEXT NOT NULL,
+    side INTEGER NOT NULL, part INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL, created REAL,
+    request_hash TEXT, content_hash TEXT);
+CREATE INDEX IF NOT EXISTS records_by_key ON records (dataset, side, row_id);
 CREATE TABLE IF NOT EXISTS bad_lines (part INTEGER NOT NULL, line INTEGER NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (part, line)) WITHOUT ROWID;
 """
-_ONE_KEY = ("SELECT part, offset, length, created, request_hash, content_hash, dataset, row_id, side FROM records "
-            "WHERE khash = ?")
-_ENTRY_COLUMNS = "khash, dataset, row_id, side, part, offset, length, created, request_hash, content_hash"
+_ONE_KEY = ("SELECT part, offset, length, created, request_hash, content_hash FROM records WHERE dataset = ? AND "
+            "side = ? AND row_id = ?")
+_ENTRY_COLUMNS = "dataset, row_id, side, part, offset, length, created, request_hash, content_hash"
 
 Key = tuple[str, str, str]
 ParseFn = Callable[[bytes], tuple]  # line -> (dataset, row_id, side, created, request_hash, content_hash)
@@ -76,12 +76,6 @@ class IndexEntry(NamedTuple):
     created: float | None
     request_hash: str | None
     content_hash: str | None
-
-
-def key_hash(dataset: str, row_id: str, side: str) -> int:
-    """A signed 64-bit hash of a key (what the index's B-tree is sorted by)."""
-    digest = hashlib.blake2b(f"{dataset}\0{row_id}\0{side}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
 
 
 def _head_hash(fd: int, length: int) -> str:
@@ -363,19 +357,13 @@ class StoreIndex:
         except ValueError as error:
             bad.append((part_id, number, str(error)))
             return
-        rows.append((key_hash(dataset, row_id, side), dataset, row_id, _SIDES.index(side), part_id, offset,
-                     len(line), created, request, content))
+        rows.append((dataset, row_id, _SIDES.index(side), part_id, offset, len(line), created, request, content))
 
     def _insert(self, rows: list[tuple]) -> None:
         """Insert records and count the keys not seen before (`meta.keys`), in the open transaction."""
-        seen, new = set(), 0
-        existing = set(self._keys_present({(r[1], r[2], _SIDES[r[3]]) for r in rows}))
-        for row in rows:
-            key = (row[1], row[2], row[3])
-            if key not in seen and (row[1], row[2], _SIDES[row[3]]) not in existing:
-                new += 1
-            seen.add(key)
-        self.db.executemany(f"INSERT INTO records ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        keys = {(r[0], r[1], _SIDES[r[2]]) for r in rows}
+        new = len(keys) - len(self._request_hashes(list(keys)))
+        self.db.executemany(f"INSERT INTO records ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self.db.execute("UPDATE meta SET value = value + ? WHERE name = 'keys'", (new,))
 
     def _forget(self, part_id: int, delete_part: bool = False) -> None:
@@ -387,7 +375,7 @@ class StoreIndex:
         else:
             self.db.execute("UPDATE parts SET indexed_bytes = 0, lines = 0, open_tail = 0, head_len = 0, "
                             "head_hash = ? WHERE id = ?", (hashlib.sha256(b"").hexdigest()[:16], part_id))
-        keys = self.db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT khash, dataset, row_id, side FROM records)")
+        keys = self.db.execute("SELECT COUNT(*) FROM (SELECT DISTINCT dataset, side, row_id FROM records)")
         self.db.execute("UPDATE meta SET value = ? WHERE name = 'keys'", (keys.fetchone()[0],))
         self.db.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
 
@@ -397,14 +385,10 @@ class StoreIndex:
             self._part_names = dict(self.db.execute("SELECT id, name FROM parts"))
         return self._part_names[part_id]
 
-    def _rows_for(self, hashes: list[int], columns: str = _ENTRY_COLUMNS) -> list[tuple]:
-        marks = ", ".join("?" * len(hashes))
-        return self.db.execute(f"SELECT {columns} FROM records WHERE khash IN ({marks})", hashes).fetchall()
-
     def _group(self, rows: Iterable[tuple]) -> dict[Key, list[IndexEntry]]:
         """Rows by key, each key's entries in read order (parts in name order, then offset)."""
         groups: dict[Key, list[IndexEntry]] = {}
-        for _, dataset, row_id, side, part, offset, length, created, request, content in rows:
+        for dataset, row_id, side, part, offset, length, created, request, content in rows:
             entry = IndexEntry(self._name(part), offset, length, created, request, content)
             groups.setdefault((dataset, row_id, _SIDES[side]), []).append(entry)
         for entries in groups.values():
@@ -412,20 +396,20 @@ class StoreIndex:
                 entries.sort(key=lambda e: (e.part, e.offset))
         return groups
 
-    def _keys_present(self, keys: Iterable[Key]) -> list[Key]:
-        keys = list(keys)
-        found = self._request_hashes(keys)
-        return [key for key in keys if key in found]
-
     def _request_hashes(self, keys: list[Key]) -> dict[Key, list[str | None]]:
-        """`request_hashes_many` inside whatever transaction is open (indexing uses it mid-transaction)."""
-        wanted, found = set(keys), {}
-        for start in range(0, len(keys), _CHUNK):
-            hashes = [key_hash(*k) for k in keys[start:start + _CHUNK]]
-            for dataset, row_id, side, request in self._rows_for(hashes, "dataset, row_id, side, request_hash"):
-                key = (dataset, row_id, _SIDES[side])
-                if key in wanted:
-                    found.setdefault(key, []).append(request)
+        """`request_hashes_many` inside whatever transaction is open (indexing uses it mid-transaction): keys
+        grouped by dataset and side, `_CHUNK` row ids per `IN (...)` query (an index range walk, in key order)."""
+        by_group: dict[tuple[str, int], list[str]] = {}
+        for dataset, row_id, side in keys:
+            by_group.setdefault((dataset, _SIDES.index(side)), []).append(row_id)
+        found: dict[Key, list[str | None]] = {}
+        for (dataset, side), row_ids in by_group.items():
+            for start in range(0, len(row_ids), _CHUNK):
+                chunk = row_ids[start:start + _CHUNK]
+                query = (f"SELECT row_id, request_hash FROM records WHERE dataset = ? AND side = ? AND row_id IN "
+                         f"({', '.join('?' * len(chunk))})")
+                for row_id, request in self.db.execute(query, (dataset, side, *chunk)):
+                    found.setdefault((dataset, row_id, _SIDES[side]), []).append(request)
         return found
 
     def entries(self, key: Key) -> list[IndexEntry]:
@@ -433,35 +417,35 @@ class StoreIndex:
         with self._lock:
             self._reading()
             dataset, row_id, side = key
-            side = _SIDES.index(side)
-            rows = self._cursor.execute(_ONE_KEY, (key_hash(*key),)).fetchall()
-            entries = [IndexEntry(self._name(r[0]), *r[1:6]) for r in rows
-                       if r[6] == dataset and r[7] == row_id and r[8] == side]
+            rows = self._cursor.execute(_ONE_KEY, (dataset, _SIDES.index(side), row_id)).fetchall()
+            entries = [IndexEntry(self._name(r[0]), *r[1:]) for r in rows]
             if len(entries) > 1:
                 entries.sort(key=lambda e: (e.part, e.offset))
             return entries
 
     def request_hashes_many(self, keys: list[Key]) -> dict[Key, list[str | None]]:
-        """The `request_hash` of every record of each of `keys` that has any (`_CHUNK` keys per query)."""
+        """The `request_hash` of every record of each of `keys` that has any."""
         with self._lock:
             self._reading()
             return self._request_hashes(keys)
 
     def groups(self, page: int = 2000) -> Iterator[tuple[Key, list[IndexEntry]]]:
-        """Every key with its entries, in key-hash order, fetched `page` rows at a time (no cursor stays open)."""
+        """Every key with its entries, in key order (dataset, side, row id), `page` rows per query (no cursor stays
+        open between them)."""
         last = None
         while True:
             with self._lock:
                 self._reading()
-                where, params = ("WHERE khash > ?", (last,)) if last is not None else ("", ())
-                rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM records {where} ORDER BY khash LIMIT ?",
-                                       (*params, page)).fetchall()
+                where = "WHERE (dataset, side, row_id) > (?, ?, ?)" if last is not None else ""
+                rows = self.db.execute(f"SELECT {_ENTRY_COLUMNS} FROM records {where} ORDER BY dataset, side, row_id "
+                                       "LIMIT ?", (*(last or ()), page)).fetchall()
                 if not rows:
                     return
-                last = rows[-1][0]
-                if len(rows) == page:  # the last hash may continue on the next page: fetch all of it
-                    rows = [r for r in rows if r[0] != last] + self._rows_for([last])
                 grouped = self._group(rows)
+                if len(rows) == page:  # the last key may go on past this page: read all of its entries
+                    dataset, row_id, side = rows[-1][:3]
+                    grouped[(dataset, row_id, _SIDES[side])] = self.entries((dataset, row_id, _SIDES[side]))
+                last = (rows[-1][0], rows[-1][2], rows[-1][1])
             yield from grouped.items()
 
     def key_count(self) -> int:
@@ -508,4 +492,4 @@ class _transaction:
         return False
 
 
-__all__ = ["INDEX_NAME", "IndexEntry", "StoreIndex", "key_hash"]
+__all__ = ["INDEX_NAME", "IndexEntry", "StoreIndex"]
