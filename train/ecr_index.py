@@ -2,9 +2,11 @@
 
 The index maps a key `(dataset, row id, side)` to where each of its records lies (part file, byte offset, length)
 and to the provenance fields a reader filters on (`created`, `request_hash`, `content_hash`); the ECR text stays in
-the parts and is read by `pread` when asked for. Lookups go through a B-tree on a 64-bit hash of the key (the key's
-strings are compared too, so a hash collision costs nothing but a second row), so memory does not grow with the
-store: SQLite's page cache is capped (`CACHE_KIB`) and no record is held in Python.
+the parts and is read by `pread` when asked for (without read-ahead: lookups are random). Lookups go through a
+B-tree on `(dataset, side, row id)`, so memory does not grow with the store: SQLite's page cache is capped
+(`CACHE_KIB`) and no record is held in Python. Parts are written, and jobs ask, in about key order, so indexing and
+`missing`-style bulk queries walk the B-tree in order. A reader keeps one read snapshot for `SNAPSHOT_S` seconds
+(renewed on the next lookup after that, and at every refresh), which is what makes single lookups cheap.
 
 Indexing is incremental and safe under a kill: per part the index remembers how many bytes it has read (and a hash
 of the part's first bytes, to notice a part replaced by another file); a refresh reads only the complete lines
@@ -116,7 +118,8 @@ class StoreIndex:
         self._writing = False
         self.read_only = False
         primary = self.folder / INDEX_NAME
-        for location in (primary, None, _private_location(self.folder), ":memory:"):
+        private = _private_location(self.folder) if self._disk_parts() else ":memory:"  # nothing to keep
+        for location in (primary, None, private, ":memory:"):
             if location is None:
                 self.db = self._open_immutable(primary)
                 if self.db is not None:
