@@ -4,6 +4,12 @@ A store is a folder of JSON-lines part files (one per writer, e.g. one per `acce
 work finishes, so a killed job loses at most the line it was writing. A writer holds `<part>.lock` (`flock`), so a
 second process writing the same part fails fast instead of duplicating the work.
 
+Reading goes through an on-disk index of the parts (`train.ecr_index`: `<store>/.index.sqlite`, SQLite in WAL mode,
+shared by every process on the machine): a key's records are found in O(log n) and read by offset from their part,
+so memory does not grow with the store (a 1M-trace store opens in milliseconds once indexed, in tens of MiB). A store
+written without an index (older versions, or copied parts) is indexed on first open; after that only lines appended
+since are read. Nothing of the write path depends on the index: parts stay the source of truth.
+
 Provenance: a record carries `content_hash` (the row's text, instruction and media, see `content_hash`) and
 `request_hash` (content, side, task type, hint, reasoner prompt and reasoner identity), so a reader can tell a
 record written for another row or another request (rows inserted, a different model or task type) from a valid
@@ -28,6 +34,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+
+from .ecr_index import IndexEntry, StoreIndex
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +121,8 @@ def content_hash(row: Mapping) -> str:
                         "image": _media_identity(row.get("image")), "video": _media_identity(row.get("video"))})
 
 
-def _parse_record(line: bytes) -> ECRRecord:
-    """One JSON line as a record; raises `ValueError` saying what is wrong with it."""
+def _checked_fields(line: bytes) -> dict:
+    """One JSON line as a dict of valid record fields; raises `ValueError` saying what is wrong with it."""
     if not line.strip():
         raise ValueError("blank line")
     data = json.loads(line)  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -133,7 +141,20 @@ def _parse_record(line: bytes) -> ECRRecord:
             raise ValueError(f"field {name!r} must be a string or null, got {type(data[name]).__name__}")
     if not isinstance(data.get("created"), int | float | None) or isinstance(data.get("created"), bool):
         raise ValueError(f"field 'created' must be a number or null, got {type(data['created']).__name__}")
+    return data
+
+
+def _parse_record(line: bytes) -> ECRRecord:
+    """One JSON line as a record; raises `ValueError` saying what is wrong with it."""
+    data = _checked_fields(line)
     return ECRRecord(**{name: data[name] for name in FIELDS if name in data})
+
+
+def _index_fields(line: bytes) -> tuple:
+    """What the index keeps of a line: `(dataset, row_id, side, created, request_hash, content_hash)`."""
+    data = _checked_fields(line)
+    return (data["dataset"], data["row_id"], data["side"], data.get("created"), data.get("request_hash"),
+            data.get("content_hash"))
 
 
 def _last_line_start(handle, size: int) -> int:
@@ -184,6 +205,10 @@ class ECRStore:
     r"""
     A folder of ECR records; `part` names this writer's file (e.g. `"rank0"`).
 
+    Records are read through the store's on-disk index (`train.ecr_index`, `<store>/.index.sqlite`, shared by every
+    process on the machine), so opening a store and looking keys up takes memory that does not grow with the store;
+    `reload` indexes what writers appended since (only the new lines). Iteration goes in key-hash order.
+
     Attributes:
         bad_lines (`int`): lines skipped by the last `reload` (each logged with its file and line number);
             `bad_line_locations` lists them as `(path, line_number, reason)`.
@@ -194,38 +219,46 @@ class ECRStore:
         self.part = part
         self.part_path = self.path / f"{part}.jsonl"
         self.lock_path = self.path / f"{part}.lock"
-        self._records: dict[tuple[str, str, str], list[ECRRecord]] = {}
+        self._index: StoreIndex | None = None
         self._lock_handle = None
         self._warned_unknown = False
         self.reloaded_on_lock = False
         self.reload()
 
-    # ------------------------------------------------------------------------------------------------ reading
-    def reload(self) -> None:
-        """Re-read every part file (e.g. after other writers finished)."""
-        self._records, self.bad_lines, self.bad_line_locations = {}, 0, []
-        for part in sorted(self.path.glob("*.jsonl")) if self.path.is_dir() else []:
-            for record in self._read_part(part):
-                self._records.setdefault(record.key, []).append(record)
-        self._read_size = self._part_size()
+    def __getstate__(self) -> dict:  # e.g. a collator sent to DataLoader workers: no connection, no lock
+        return {**self.__dict__, "_index": None, "_lock_handle": None}
 
-    def _read_part(self, path: Path) -> Iterator[ECRRecord]:
-        bad = 0
-        with open(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                try:
-                    yield _parse_record(line)
-                except ValueError as error:
-                    if not line.endswith(b"\n"):
-                        logger.info(f"{path}:{number}: skipped a torn last line (a writer killed mid-line)")
-                        continue
-                    bad += 1
-                    self.bad_line_locations.append((str(path), number, str(error)))
-                    if bad <= _MAX_WARNINGS_PER_PART:
-                        logger.warning(f"{path}:{number}: skipped a bad ECR record line: {error}")
-        self.bad_lines += bad
-        if bad > _MAX_WARNINGS_PER_PART:
-            logger.warning(f"{path}: {bad} bad ECR record lines skipped in all (see `ECRStore.bad_line_locations`)")
+    def close(self) -> None:
+        """Close the index connection and part files (reopened on the next read)."""
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    # ------------------------------------------------------------------------------------------------ reading
+    def _idx(self, refresh: bool = False) -> StoreIndex | None:
+        """The index (`None` while the folder does not exist), opened on first use (and then refreshed)."""
+        if self._index is None and self.path.is_dir():
+            self._index = StoreIndex(self.path, _index_fields)
+            refresh = True
+        if refresh and self._index is not None:
+            self._index.refresh()
+        return self._index
+
+    def reload(self) -> None:
+        """Index what writers appended to any part since (only new lines are read) and report bad lines."""
+        index = self._idx(refresh=True)
+        self.bad_line_locations = index.bad_lines() if index is not None else []
+        self.bad_lines = len(self.bad_line_locations)
+        per_part: dict[str, int] = {}
+        for where, number, reason in self.bad_line_locations:
+            per_part[where] = per_part.get(where, 0) + 1
+            if per_part[where] <= _MAX_WARNINGS_PER_PART:
+                logger.warning(f"{where}:{number}: skipped a bad ECR record line: {reason}")
+        for where, bad in per_part.items():
+            if bad > _MAX_WARNINGS_PER_PART:
+                logger.warning(f"{where}: {bad} bad ECR record lines skipped in all (see "
+                               "`ECRStore.bad_line_locations`)")
+        self._read_size = self._part_size()
 
     def _part_size(self) -> int | None:
         try:
@@ -233,19 +266,46 @@ class ECRStore:
         except OSError:
             return None
 
+    def _entries(self, key: tuple[str, str, str]) -> list[IndexEntry]:
+        index = self._idx()
+        return index.entries(key) if index is not None else []
+
+    def _read(self, key: tuple[str, str, str], entry: IndexEntry) -> ECRRecord:
+        """The record an index entry points to (read by offset from its part; it was validated when indexed)."""
+        try:
+            data = json.loads(self._index.read(entry))
+            record = ECRRecord(data["dataset"], data["row_id"], data["side"], data["ecr"], data["answer"],
+                               data["reasoner"], data["prompt_hash"], data.get("content_hash"),
+                               data.get("request_hash"), data.get("created"))
+        except (ValueError, TypeError, KeyError):
+            record = None
+        if record is None or record.key != key:  # a part edited in place, not appended to: index it again
+            self.reload()
+            raise RuntimeError(f"ECR store {self.path}: {entry.part} changed under its index (byte {entry.offset} "
+                               f"no longer holds the record of {key}); it was indexed again, retry the lookup")
+        return record
+
     def __len__(self) -> int:
-        return len(self._records)
+        index = self._idx()
+        return index.key_count() if index is not None else 0
 
     def __contains__(self, key) -> bool:
-        return tuple(key) in self._records
+        key = tuple(key)
+        if len(key) != 3 or not all(isinstance(part, str) for part in key) or key[2] not in SIDES:
+            return False
+        return bool(self._entries(key))
 
     def __iter__(self) -> Iterator[ECRRecord]:
-        """One record per key: the newest."""
-        return (_newest(records) for records in self._records.values())
+        """One record per key: the newest (keys in key-hash order, records read from the parts as they come)."""
+        index = self._idx()
+        if index is None:
+            return iter(())
+        return (self._read(key, _newest(entries)) for key, entries in index.groups())
 
     def records(self, dataset: str, row_id, side: str) -> list[ECRRecord]:
         """Every record of a key, in read order (parts in name order, then line order)."""
-        return list(self._records.get(ecr_key(dataset, row_id, side), ()))
+        key = ecr_key(dataset, row_id, side)
+        return [self._read(key, entry) for entry in self._entries(key)]
 
     def _warn_unknown_provenance(self) -> None:
         if not self._warned_unknown:
@@ -269,42 +329,56 @@ class ECRStore:
         Raises:
             `StaleECRError`: `content` is given and the key only holds records written for other content.
         """
-        records = self._records.get(ecr_key(dataset, row_id, side))
-        if not records:
+        key = ecr_key(dataset, row_id, side)
+        entries = self._entries(key)
+        if not entries:
             return None
         if request_hash is not None:
-            records = self._matching(records, "request_hash", request_hash)
-            if not records:
+            entries = self._matching(entries, "request_hash", request_hash)
+            if not entries:
                 return None
         if content is not None:
             expected = content_hash(content)
-            matching = self._matching(records, "content_hash", expected)
+            matching = self._matching(entries, "content_hash", expected)
             if not matching:
                 raise StaleECRError(
                     f"ECR store {self.path}: the {side} ECR of {dataset}/{row_id} was written for other content "
-                    f"(content hash {records[-1].content_hash}, this row's is {expected}): rows were added, removed, "
+                    f"(content hash {entries[-1].content_hash}, this row's is {expected}): rows were added, removed, "
                     "reordered or edited since it was generated; regenerate the ECR (python -m train.generate_ecr)")
-            records = matching
-        return _newest(records)
+            entries = matching
+        return self._read(key, _newest(entries))
 
-    def _matching(self, records: list[ECRRecord], name: str, value: str) -> list[ECRRecord]:
-        """Records whose `name` equals `value`, else those of unknown provenance (`None`, with a warning)."""
-        matching = [record for record in records if getattr(record, name) == value]
+    def _matching(self, entries: list, name: str, value: str) -> list:
+        """Entries whose `name` equals `value`, else those of unknown provenance (`None`, with a warning)."""
+        matching = [entry for entry in entries if getattr(entry, name) == value]
         if matching:
             return matching
-        unknown = [record for record in records if getattr(record, name) is None]
+        unknown = [entry for entry in entries if getattr(entry, name) is None]
         if unknown:
             self._warn_unknown_provenance()
         return unknown
 
     def missing(self, keys: Iterable[tuple[str, str, str]],
-                request_hashes: Mapping[tuple[str, str, str], str] | None = None) -> list[tuple[str, str, str]]:
+                request_hashes: Mapping[tuple[str, str, str], str] | None = None,
+                chunk_size: int = 20_000) -> list[tuple[str, str, str]]:
         """The keys among `keys` that have no record yet (or, with `request_hashes`, no record of that request),
-        in order, without duplicates."""
-        keys = dict.fromkeys(tuple(k) for k in keys)
-        if request_hashes is None:
-            return [key for key in keys if key not in self._records]
-        return [key for key in keys if self.get(*key, request_hash=request_hashes.get(key)) is None]
+        in order, without duplicates. The index is asked `chunk_size` keys at a time; nothing else is loaded."""
+        keys = list(dict.fromkeys(tuple(k) for k in keys))
+        index, missing = self._idx(), []
+        for start in range(0, len(keys), chunk_size):
+            chunk = keys[start:start + chunk_size]
+            found = index.request_hashes_many(chunk) if index is not None else {}
+            for key in chunk:
+                stored = found.get(key)
+                wanted = request_hashes.get(key) if request_hashes is not None and stored else None
+                if wanted is not None and wanted not in stored:
+                    if None in stored:  # records of unknown provenance count, with a warning
+                        self._warn_unknown_provenance()
+                    else:
+                        stored = None
+                if not stored:
+                    missing.append(key)
+        return missing
 
     # ------------------------------------------------------------------------------------------------ writing
     def lock(self) -> bool:
@@ -365,11 +439,15 @@ class ECRStore:
     def add(self, records: Iterable[ECRRecord]) -> int:
         """Append records unless their key already has a record of the same request (`request_hash`); flushed and
         fsynced, under the part's writer lock, before returning. Returns how many were written."""
-        fresh, seen, now = [], set(), time.time()
+        records = list(records)
         for record in records:
             if record.side not in SIDES:
                 raise ValueError(f"record {record.key}: side must be one of {list(SIDES)}")
-            done = {r.request_hash for r in self._records.get(record.key, ())}
+        index = self._idx()
+        stored = index.request_hashes_many(list(dict.fromkeys(r.key for r in records))) if index is not None else {}
+        fresh, seen, now = [], set(), time.time()
+        for record in records:
+            done = set(stored.get(record.key, ()))
             if record.request_hash in done or (record.key, record.request_hash) in seen:
                 continue
             seen.add((record.key, record.request_hash))
@@ -383,8 +461,7 @@ class ECRStore:
                 handle.flush()
                 os.fsync(handle.fileno())
             self._read_size = self._part_size()
-        for record in fresh:
-            self._records.setdefault(record.key, []).append(record)
+            self._idx().refresh_part(self.part_path)  # what was just written is readable at once
         return len(fresh)
 
 

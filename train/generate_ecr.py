@@ -88,9 +88,11 @@ def _chunks(items: list, size: int):
 
 
 def _todo(requests: dict, hashes: dict, store: ECRStore) -> tuple[list[ECRRequest], int]:
-    """The requests without a record of the same request hash, and how many of them have a stale record."""
-    todo = [request for key, request in requests.items() if store.get(*key, request_hash=hashes[key]) is None]
-    return todo, sum(request.key in store for request in todo)
+    """The requests without a record of the same request hash, and how many of them have a stale record. Asks the
+    store's index for the keys in chunks (`ECRStore.missing`): no stored record is read."""
+    todo_keys = store.missing(requests, request_hashes=hashes)
+    todo = [requests[key] for key in todo_keys]
+    return todo, len(todo_keys) - len(store.missing(todo_keys))
 
 
 def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_size: int = 16,
