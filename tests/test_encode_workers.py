@@ -57,6 +57,10 @@ def test_map_chunks_in_order_in_other_processes():
         map_chunks(_tag, items, 3, num_workers=-1)
 
 
+def _start(chunk, start):
+    return start
+
+
 def _tag(chunk, start):
     assert chunk[0] == start
     return chunk, os.getpid()
@@ -68,7 +72,7 @@ def test_two_workers_give_the_same_embeddings(model_and_processor, tmp_path, sid
     rows = media_rows(tmp_path)
     reference = Encoder(model, processor, batch_size=2, window=4).encode(rows, side)
     workers = Encoder(model, processor, batch_size=2, window=4, num_workers=2)
-    assert type(workers._processed(rows, len)).__name__ == "_MultiProcessingDataLoaderIter"  # real workers
+    assert type(workers._processed(rows, _start)).__name__ == "_MultiProcessingDataLoaderIter"  # real workers
     assert torch.equal(workers.encode(rows, side), reference)  # bitwise: the same inputs, the same batches
     assert workers.num_encoded == len(rows)
     naive = Encoder(model, processor, batch_size=2, bucket=False)
@@ -129,3 +133,20 @@ def test_local_backend_two_workers_give_the_same_ecr(tiny_qwen2_vl, tmp_path):
     assert all(o.error is None and o.num_tokens > 0 for o in got[:-1])
     assert "FileNotFoundError" in got[-1].error and "missing.png" in got[-1].error
     assert workers.generated_rows == main.generated_rows == len(batch) - 1
+
+
+@pytest.mark.parametrize("flag", ["--num-workers", "--num_workers"])
+def test_num_workers_flags_reach_encoder_and_backend(flag, tmp_path):
+    from trl import TrlParser
+
+    from eval.run_mmeb import build_parser, reasoner_backend
+    from train.generate_ecr import GenerateECRArguments, make_backend
+
+    args = build_parser().parse_args(["--tasks", "all", "--reasoner", "m", flag, "2"])
+    assert args.num_workers == 2 and reasoner_backend(args, type("S", (), {"device": "cpu"})).num_workers == 2
+    datasets = '{"name": "d", "path": "d.jsonl"}'
+    (parsed,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(
+        ["--model", "m", "--store", str(tmp_path), "--datasets", datasets, flag, "2"])
+    assert make_backend(parsed).num_workers == 2
+    with pytest.raises(ValueError, match="num_workers must be 0 or more"):
+        GenerateECRArguments(store="s", model="m", datasets=[{"name": "d", "path": "d.jsonl"}], num_workers=-1)
