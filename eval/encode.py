@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.cache import EmbeddingCache
-from train.batching import RowError, length_sorted_batches, map_chunks, pad_features, process_rows
+from train.batching import Arena, RowError, SharedBuffers, length_sorted_batches, map_chunks, pad_features, process_rows
 
 ROW_ERRORS = (ValueError, FileNotFoundError)  # a bad row (missing file, unreadable image, malformed fields)
 
@@ -50,7 +50,9 @@ class Encoder:
             `"flash_attention_2"`); by default the model keeps its own.
         num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes that run the processor (image
             decoding, resizing, tokenization); 0 processes rows in this process. Workers live for one `encode` or
-            `fill` call and work up to a window ahead of the model (two windows of inputs in memory).
+            `fill` call and work up to a window ahead of the model (two windows of inputs in memory); they return
+            rows through shared memory that they reuse, and that the `Encoder` keeps for the next call's workers.
+            One `encode`/`fill` at a time per `Encoder`.
         prefetch_factor (`int`, *optional*): batches of `batch_size` rows each worker prepares ahead; by default
             enough for the workers together to prepare a whole window while the model embeds the previous one.
         pin_memory (`bool`, *optional*): build the padded batches in page-locked memory and copy them to the
@@ -81,6 +83,8 @@ class Encoder:
         self.prefetch_factor = prefetch_factor
         self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.multiprocessing_context = multiprocessing_context
+        self._buffers = SharedBuffers()  # the workers' shared memory, warm for the workers of the next call
+        self._arena = Arena() if self.device.type == "cpu" and not self.pin_memory else None  # batches, reused
         self.num_encoded = 0
 
     def _embed(self, batch) -> torch.Tensor:
@@ -96,13 +100,14 @@ class Encoder:
             raise ValueError(f"side must be 'query' or 'target', got {side!r}")
         return self.processor.process_queries if side == "query" else self.processor.process_targets
 
-    def _processed(self, rows: list[dict], function) -> Iterator:
-        """`function(chunk, start)` over chunks of `batch_size` rows, in order, in workers when `num_workers`."""
+    def _processed(self, rows: list[dict], function):
+        """`function(chunk, start)` over chunks of `batch_size` rows, in order (a `train.batching.ChunkStream`), in
+        workers when `num_workers`, which reuse their shared memory once `release`d."""
         prefetch = self.prefetch_factor
         if self.num_workers and prefetch is None:  # the workers together hold a window ahead of the model
             prefetch = max(2, -(-self.window // (self.batch_size * self.num_workers)))
         return map_chunks(function, rows, self.batch_size, self.num_workers, prefetch if self.num_workers else None,
-                          self.multiprocessing_context)
+                          self.multiprocessing_context, reuse_memory=True, pool=self._buffers)
 
     @torch.inference_mode()
     def stream(self, rows: list[dict], side: str) -> Iterator[torch.Tensor]:
@@ -111,20 +116,26 @@ class Encoder:
         stream."""
         make = self._maker(side)
         if not self.bucket:
-            for batch in self._processed(rows, functools.partial(_whole_chunk, make)):
-                self.num_encoded += len(batch["input_ids"])
-                yield self._embed(batch)
+            chunks, done = self._processed(rows, functools.partial(_whole_chunk, make)), 0
+            for batch in chunks:
+                embedded = self._embed(batch)
+                done += len(embedded)
+                chunks.release(done)
+                self.num_encoded += len(embedded)
+                yield embedded
             return
-        window = []
-        for chunk in self._processed(rows, functools.partial(process_rows, functools.partial(_one_row, make),
-                                                             ROW_ERRORS)):
+        chunks = self._processed(rows, functools.partial(process_rows, functools.partial(_one_row, make), ROW_ERRORS))
+        window, done = [], 0
+        for chunk in chunks:
             for item in chunk:
                 if isinstance(item, RowError):
                     raise type(item.error)(f"row {item.index} of this batch: {item.error}") from item.error
                 window.append(item)
                 if len(window) == self.window:
-                    yield self.embed_features(window)
-                    window = []
+                    embedded, window = self.embed_features(window), []
+                    done += len(embedded)
+                    chunks.release(done)
+                    yield embedded
         if window:
             yield self.embed_features(window)
 
@@ -144,7 +155,7 @@ class Encoder:
         embeddings = None
         for indices in length_sorted_batches(lengths, self.batch_size):
             batch = pad_features([features[i] for i in indices], pad_id, padding_side="right",
-                                 pin_memory=self.pin_memory)
+                                 pin_memory=self.pin_memory, arena=self._arena)
             embedded = self._embed(batch)
             if embeddings is None:
                 embeddings = embedded.new_empty((len(features), embedded.shape[1]))

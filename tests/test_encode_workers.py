@@ -72,9 +72,12 @@ def test_two_workers_give_the_same_embeddings(model_and_processor, tmp_path, sid
     rows = media_rows(tmp_path)
     reference = Encoder(model, processor, batch_size=2, window=4).encode(rows, side)
     workers = Encoder(model, processor, batch_size=2, window=4, num_workers=2)
-    assert type(workers._processed(rows, _start)).__name__ == "_MultiProcessingDataLoaderIter"  # real workers
+    assert type(workers._processed(rows, _start).results).__name__ == "_MultiProcessingDataLoaderIter"  # workers
     assert torch.equal(workers.encode(rows, side), reference)  # bitwise: the same inputs, the same batches
-    assert workers.num_encoded == len(rows)
+    assert workers.num_encoded == len(rows) and workers._buffers.buffers  # shared memory kept for the next call
+    reverse = Encoder(model, processor, batch_size=2, window=4).encode(rows[::-1], side)
+    assert torch.equal(workers.encode(rows[::-1], side), reverse)  # new workers, the same buffers
+    assert torch.equal(workers.encode(rows, side), reference)
     naive = Encoder(model, processor, batch_size=2, bucket=False)
     naive_workers = Encoder(model, processor, batch_size=2, bucket=False, num_workers=2)
     assert torch.equal(naive_workers.encode(rows, side), naive.encode(rows, side))
