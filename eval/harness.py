@@ -151,14 +151,15 @@ def load_model(model_path, ecr_mode: str = "full", device=None, dtype=None, trus
 
 
 def evaluate_model(model_path, tasks: list[TaskSpec], out_dir, ecr_mode: str = "full", batch_size: int = 8,
-                   model_name: str | None = None, state=None, trust_remote_code: bool = False,
+                   model_name: str | None = None, state=None, trust_remote_code: bool = False, num_workers: int = 0,
                    **kwargs) -> dict[str, dict]:
-    """Load a model and `run_tasks`; `kwargs` go to `run_tasks` (`source`, `ecr_store`, `cache_dir`, ...)."""
+    """Load a model and `run_tasks`; `num_workers` is the `Encoder`'s (DataLoader worker processes preprocessing
+    rows); `kwargs` go to `run_tasks` (`source`, `ecr_store`, `cache_dir`, ...)."""
     device = state.device if state is not None else None
     model, processor = load_model(model_path, ecr_mode, device=device, trust_remote_code=trust_remote_code)
     fingerprint = model_fingerprint(model_path, ecr_mode=ecr_mode, max_ecr_tokens=processor.max_ecr_tokens)
     if state is None or state.is_main_process:
         check_run_record(out_dir, {"model": str(model_path), "ecr_mode": ecr_mode, "fingerprint": fingerprint})
-    encoder = Encoder(model, processor, batch_size=batch_size, device=device)
+    encoder = Encoder(model, processor, batch_size=batch_size, device=device, num_workers=num_workers)
     name = model_name or Path(str(model_path).rstrip("/")).name
     return run_tasks(tasks, encoder, out_dir, fingerprint, ecr_mode=ecr_mode, state=state, model_name=name, **kwargs)

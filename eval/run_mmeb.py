@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(parser, "reasoner-url", help="OpenAI-compatible endpoint serving --reasoner (vllm serve, ...)")
     _flag(parser, "reasoner-max-new-tokens", type=_positive_int, default=512)
     _flag(parser, "batch-size", type=_positive_int, default=8)
+    _flag(parser, "num-workers", type=int, default=0, help="DataLoader worker processes that preprocess rows (images, "
+          "frames, tokens) for the embedder and a local --reasoner; 0: in the main process")
     _flag(parser, "num-frames", type=_positive_int, default=8, help="frames sampled per video (reference: 8)")
     _flag(parser, "model-name", help="name in the leaderboard JSON (default: the model folder name)")
     _flag(parser, "reference-ndcg", action="store_true", help="graded NDCG with the reference's label/grade "
@@ -83,7 +85,8 @@ def reasoner_backend(args, state):
     if args.reasoner_url:
         return OpenAIBackend(args.reasoner_url, args.reasoner, args.reasoner,
                              max_new_tokens=args.reasoner_max_new_tokens)
-    return LocalBackend(args.reasoner, max_new_tokens=args.reasoner_max_new_tokens, device=str(state.device))
+    return LocalBackend(args.reasoner, max_new_tokens=args.reasoner_max_new_tokens, device=str(state.device),
+                        num_workers=args.num_workers)
 
 
 def check_data(tasks, source: DataSource, num_frames: int) -> list[dict]:
@@ -137,7 +140,8 @@ def evaluate(args, parser, tasks, source: DataSource, benchmark: str) -> dict:
     scores = evaluate_model(args.model, tasks, args.out, ecr_mode=args.ecr_mode, batch_size=args.batch_size,
                             model_name=args.model_name, state=state, source=source, cache_dir=args.cache_dir,
                             ecr_store=store, num_frames=args.num_frames, reasoner=reasoner_backend(args, state),
-                            reference_ndcg=args.reference_ndcg, trust_remote_code=args.trust_remote_code)
+                            reference_ndcg=args.reference_ndcg, trust_remote_code=args.trust_remote_code,
+                            num_workers=args.num_workers)
     if state.is_main_process:
         for spec in tasks:
             if spec.name in scores:

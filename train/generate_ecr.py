@@ -184,6 +184,8 @@ class GenerateECRArguments:
             processor comes from (defaults to `model`). reasoner_name (`str`, *optional*): name in the records.
         base_url, api_key_env, max_concurrency, max_retries, backoff, request_timeout: the OpenAI backend's server.
         batch_size, max_new_tokens, do_sample, temperature, top_p, top_k, seed, dtype: generation settings.
+        num_workers (`int`, defaults to 0): `DataLoader` worker processes building and processing the prompts of the
+            local backend (`LocalBackend(num_workers=...)`); 0 does it in the main process.
     """
 
     store: str = field(metadata={"help": "ECR store folder"})
@@ -204,6 +206,8 @@ class GenerateECRArguments:
     backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds (doubles each retry)"})
     request_timeout: float = field(default=600.0, metadata={"help": "seconds per request (openai backend)"})
     batch_size: int = field(default=16, metadata={"help": "rows per generate call / store append"})
+    num_workers: int = field(default=0, metadata={
+        "help": "DataLoader worker processes that build and process prompts (local backend); 0: main process"})
     max_new_tokens: int = field(default=512, metadata={"help": "longest ECR in tokens"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (with do_sample)"})
@@ -217,8 +221,9 @@ class GenerateECRArguments:
         for name in ("batch_size", "max_new_tokens", "max_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
+        if self.max_retries < 0 or self.num_workers < 0:
+            raise ValueError(f"max_retries and num_workers must be 0 or more, got {self.max_retries}, "
+                             f"{self.num_workers}")
         self.datasets = dataset_configs(self.datasets)
         if not self.datasets:
             raise ValueError("generate_ecr needs at least one entry in `datasets`")
@@ -254,7 +259,8 @@ def make_backend(args: GenerateECRArguments, device: str | None = None) -> Reaso
     local_processor = TTEProcessor.from_backbone(args.processor) if args.processor else None
     return LocalBackend(args.model, local_processor, name=args.reasoner_name, max_new_tokens=args.max_new_tokens,
                         do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                        seed=args.seed, device=device, dtype=args.dtype, batch_size=args.batch_size)
+                        seed=args.seed, device=device, dtype=args.dtype, batch_size=args.batch_size,
+                        num_workers=args.num_workers)
 
 
 def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], str]]) -> Path:

@@ -7,6 +7,7 @@ batched `generate`, greedy by default) and `OpenAIBackend` (any OpenAI-compatibl
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 import random
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processing_tte import REASONER_PROMPTS, SIDES, TASK_TYPES, TTEProcessor
-from train.batching import length_sorted_batches, pad_features
+from train.batching import length_sorted_batches, map_chunks, pad_features
 from train.ecr_store import content_hash, ecr_key, prompt_hash, short_hash
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,35 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def reasoner_prompt(processor: TTEProcessor, request: ECRRequest) -> tuple[list[dict], dict, str]:
+    """The chat messages, media and prompt text of `request` (raises errors that name the row)."""
+    messages, media = processor.reasoner_messages(request.row, request.task_type, request.side, request.hint,
+                                                  where=request.where)
+    prompt = processor.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return messages, media, prompt
+
+
+def prepare_generation(processor: TTEProcessor, requests: list[ECRRequest], start: int = 0) -> list:
+    """Per request, `(GenerationOutput with its prompt hash, processed generation inputs)`, or a `GenerationOutput`
+    with the error of a row that cannot be prepared (the work `LocalBackend` runs in `DataLoader` workers; `start`
+    is unused, for `train.batching.map_chunks`)."""
+    prepared = []
+    for request in requests:
+        try:
+            _, media, prompt = reasoner_prompt(processor, request)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            prepared.append(GenerationOutput(error=_error_text(error)))
+            continue
+        try:
+            features = processor(text=[prompt], images=media["images"] or None, videos=media["videos"] or None,
+                                 return_tensors="pt")
+        except Exception as error:  # noqa: BLE001 - reported for this row, as a failed batch retried row by row was
+            prepared.append(GenerationOutput(error=_error_text(error)))
+            continue
+        prepared.append((GenerationOutput(prompt_hash=prompt_hash(prompt)), features))
+    return prepared
+
+
 class ReasonerBackend:
     """Common part of the backends: turns a request into the reasoner's chat prompt with a `TTEProcessor`."""
 
@@ -95,10 +125,7 @@ class ReasonerBackend:
 
     def prepare(self, request: ECRRequest) -> tuple[list[dict], dict, str]:
         """The chat messages, media and prompt text of `request` (raises errors that name the row)."""
-        messages, media = self.processor.reasoner_messages(request.row, request.task_type, request.side,
-                                                           request.hint, where=request.where)
-        prompt = self.processor.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return messages, media, prompt
+        return reasoner_prompt(self.processor, request)
 
     def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
         raise NotImplementedError
@@ -120,14 +147,21 @@ class LocalBackend(ReasonerBackend):
             `top_k` and `seed` apply.
         device (`str`, *optional*): where to run (defaults to CUDA when available); dtype (`str`, defaults `"auto"`).
         batch_size (`int`, *optional*): rows per model `generate`; by default all rows of a `generate` call.
+        num_workers (`int`, *optional*, defaults to 0): `DataLoader` worker processes that build and process the
+            prompts of a `generate` call (media loading, image processor, tokenizer) in parallel; 0 does it in this
+            process. The ECR are the same either way.
+        multiprocessing_context (`str`, *optional*): how workers start (`"fork"`, `"spawn"`, `"forkserver"`).
     """
 
     def __init__(self, model, processor: TTEProcessor | None = None, name: str | None = None,
                  max_new_tokens: int = 512, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, num_workers: int = 0, multiprocessing_context: str | None = None):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        self.num_workers, self.multiprocessing_context = num_workers, multiprocessing_context
         if isinstance(model, str | Path):
             self.model_path, self.model = str(model), None
         else:
@@ -164,40 +198,41 @@ class LocalBackend(ReasonerBackend):
         set_seed(self.seed)
 
     def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
-        outputs, ready = [], []
-        for request in requests:
-            try:
-                _, media, prompt = self.prepare(request)
-                outputs.append(GenerationOutput(prompt_hash=prompt_hash(prompt)))
-                ready.append((len(outputs) - 1, prompt, media))
-            except (ValueError, FileNotFoundError, OSError) as error:
-                outputs.append(GenerationOutput(error=_error_text(error)))
+        chunk = 1 if self.num_workers else max(len(requests), 1)
+        work = functools.partial(prepare_generation, self.processor)
+        prepared = [item for items in map_chunks(work, requests, chunk, self.num_workers,
+                                                 multiprocessing_context=self.multiprocessing_context)
+                    for item in items]
+        return self._run(prepared)
+
+    def _run(self, prepared: list) -> list[GenerationOutput]:
+        """Generate for the prepared rows (see `prepare_generation`); a failed batch is retried row by row."""
+        outputs = [item if isinstance(item, GenerationOutput) else item[0] for item in prepared]
+        ready = [(index, item[1]) for index, item in enumerate(prepared) if not isinstance(item, GenerationOutput)]
         if not ready:
             return outputs
         try:
-            texts = self._generate([prompt for _, prompt, _ in ready], [media for _, _, media in ready])
+            texts = self._generate([features for _, features in ready])
         except Exception as error:  # noqa: BLE001 - reported per row; a lone row cannot be split further
             if len(ready) == 1:
                 outputs[ready[0][0]] = GenerationOutput(error=_error_text(error))
                 return outputs
             logger.warning(f"A batch of {len(ready)} failed ({_error_text(error)}); retrying its rows one by one")
-            return [self.generate([request])[0] for request in requests]
-        for (index, _, _), (text, num_tokens) in zip(ready, texts, strict=True):
+            return [self._run([item])[0] for item in prepared]
+        for (index, _), (text, num_tokens) in zip(ready, texts, strict=True):
             outputs[index].text, outputs[index].num_tokens = text, num_tokens
         return outputs
 
-    def _generate(self, prompts: list[str], media: list[dict]) -> list[tuple[str, int]]:
-        """Generate for each prompt (in its order): each row processed once, batches of rows of similar length."""
+    def _generate(self, features: list) -> list[tuple[str, int]]:
+        """Generate for each processed prompt (in its order), in batches of rows of similar length."""
         import torch
 
-        features = [self.processor(text=[prompt], images=row_media["images"] or None,
-                                   videos=row_media["videos"] or None, return_tensors="pt")
-                    for prompt, row_media in zip(prompts, media, strict=True)]
         lengths = [feature["input_ids"].shape[1] for feature in features]
-        results = [None] * len(prompts)
-        for indices in length_sorted_batches(lengths, self.batch_size or len(prompts)):
-            inputs = pad_features([features[i] for i in indices], self.pad_id, padding_side="left")
-            inputs = inputs.to(self.model.device)
+        results = [None] * len(features)
+        pin = self.model.device.type == "cuda"
+        for indices in length_sorted_batches(lengths, self.batch_size or len(features)):
+            inputs = pad_features([features[i] for i in indices], self.pad_id, padding_side="left", pin_memory=pin)
+            inputs = inputs.to(self.model.device, non_blocking=pin)
             with torch.inference_mode():
                 sequences = self.model.generate(**inputs, **self.sampling, eos_token_id=self.stop_ids,
                                                 pad_token_id=self.pad_id)
@@ -205,9 +240,8 @@ class LocalBackend(ReasonerBackend):
                 end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id),
                            len(new))
                 results[index] = (self.processor.tokenizer.decode(new[:end], skip_special_tokens=False).strip(), end)
-        self.generated_rows += len(prompts)
+        self.generated_rows += len(features)
         return results
-
 
 # --------------------------------------------------------------------------------------------- OpenAI-compatible
 def _data_url(image) -> str:
