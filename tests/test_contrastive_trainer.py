@@ -137,3 +137,22 @@ def test_a_head_without_parameters_has_nothing_to_train(tiny_qwen2_vl):
     with_projection = TTEForEmbedding.from_backbone(tiny_qwen2_vl, mode="unified", head_type="last_token",
                                                     output_dim=16)
     assert prepare_model_for_training(with_projection).projection.weight.requires_grad
+
+
+def test_dataloader_workers_train_as_the_main_process_does(tiny_qwen2_vl, tmp_path):
+    """Collation (processor calls and ECR store lookups through the on-disk index) in DataLoader workers gives the
+    same losses as in the main process."""
+    from train.train_embedder import main
+
+    toy = write_toy_mmeb(tmp_path / "toy", rows_per_dataset=8)
+    recipe = yaml.safe_load((REPO / "train" / "recipes" / "embed_tiny_cpu.yaml").read_text())
+    losses = {}
+    for workers in (0, 2):
+        recipe.update(model_name_or_path=tiny_qwen2_vl, datasets=str(toy / "datasets.yaml"), image_root=str(toy),
+                      ecr_store=str(toy / "ecr"), output_dir=str(tmp_path / f"out{workers}"),
+                      per_device_train_batch_size=8, dataloader_num_workers=workers, logging_steps=1)
+        config = tmp_path / f"recipe{workers}.yaml"
+        config.write_text(yaml.safe_dump(recipe))
+        trainer = main(["--config", str(config), "--max_steps", "3"])
+        losses[workers] = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses[0]) == 3 and losses[2] == pytest.approx(losses[0], abs=1e-5)
