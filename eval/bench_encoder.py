@@ -2,7 +2,7 @@
 and 2 `DataLoader` workers, against the model's own rate on pre-processed inputs, on realistic image sizes.
 
     python -m eval.bench_encoder                          # tiny random Qwen2-VL, 256 synthetic 640x480 JPEGs
-    python -m eval.bench_encoder --workers 0 2 4 --model Qwen/Qwen2-VL-2B-Instruct --device cuda
+    python -m eval.bench_encoder --workers 0 2 4 --model_name_or_path Qwen/Qwen2-VL-2B-Instruct --device cuda
 
 The images are written to a temporary folder as JPEG files and read from there, so every measurement decodes,
 resizes and normalises each image (the stock `Qwen2VLImageProcessor` settings: up to 28*28*1280 pixels, so a 640x480
@@ -22,7 +22,6 @@ depend on how busy the machine is, and shows what the workers cost on top of the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +140,7 @@ def _records(results: dict, rows: int, workers: list[int], cpu: dict) -> list[di
     return records
 
 
-def run(args: argparse.Namespace | None = None) -> list[dict]:
+def run(args: BenchEncoderArguments | None = None) -> list[dict]:
     """Run the benchmark (`args` from `parse_args`, defaults when `None`); returns one dict per table row
     (`pipeline`, `workers`, `rows`, `seconds`, `rows_per_s`, `x_0_workers`, `x_model_only`, `max_abs_diff`, ...)."""
     args = args or parse_args([])
@@ -149,11 +149,11 @@ def run(args: argparse.Namespace | None = None) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     with tempfile.TemporaryDirectory() as scratch:
-        path = args.model or tiny_model(str(Path(scratch) / "model"), args)
+        path = args.model_name_or_path or tiny_model(str(Path(scratch) / "model"), args)
         processor = TTEProcessor.from_backbone(path)
         model = TTEForEmbedding.from_backbone(path, dtype=dtype).to(device).eval()
         (Path(scratch) / "images").mkdir()
-        rows = image_rows(write_images(Path(scratch) / "images", args.rows, args.image_size, args.seed), args.seed)
+        rows = image_rows(write_images(Path(scratch) / "images", args.rows, args.size, args.seed), args.seed)
         settings = dict(batch_size=args.batch_size, window=args.window, device=device)
         encoders = {_worker_name(count): Encoder(model, processor, num_workers=count, **settings)
                     for count in args.workers}
@@ -179,40 +179,56 @@ def table(records: list[dict]) -> str:
 
 def describe(args, load_before: tuple, load_after: tuple) -> str:
     """The heading: model, machine and how loaded it was."""
-    model = args.model or (f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers, {args.patch_size}-px "
-                           f"patches, vision depth {args.vision_depth})")
-    width, height = args.image_size
+    model = args.model_name_or_path or (f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers, "
+                                        f"{args.patch_size}-px patches, vision depth {args.vision_depth})")
+    width, height = args.size
     return (f"{model} on {args.device}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads in the main process; {args.rows} rows of {width}x{height} "
             f"JPEG, batch {args.batch_size}, window {args.window}; {args.repeats} paired rounds, wall clock; "
             f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, height = text.lower().split("x")
-    return int(width), int(height)
+@dataclass
+class BenchEncoderArguments:
+    """Options of `python -m eval.bench_encoder`."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "a TTE-compatible backbone checkpoint; default: a tiny random Qwen2-VL"})
+    rows: int = field(default=256, metadata={"help": "rows (one image file each)"})
+    image_size: str = field(default="640x480", metadata={"help": "WIDTHxHEIGHT of the images"})
+    workers: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "worker counts to time"})
+    batch_size: int = field(default=8, metadata={"help": "rows per forward"})
+    window: int = field(default=32, metadata={"help": "rows length-sorted together (Encoder window)"})
+    repeats: int = field(default=3, metadata={"help": "timed rounds (best counts), after one warm-up"})
+    hidden_size: int = field(default=64, metadata={"help": "tiny backbone width (without a model)"})
+    num_layers: int = field(default=2, metadata={"help": "tiny backbone depth (without a model)"})
+    patch_size: int = field(default=28, metadata={"help": "tiny vision patch size (without a model)"})
+    vision_depth: int = field(default=1, metadata={"help": "tiny vision tower depth (without a model)"})
+    vision_width: int = field(default=16, metadata={"help": "tiny vision tower width (without a model)"})
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu",
+                        metadata={"help": "where the model runs"})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype (default: bfloat16 on CUDA, else float32)"})
+    threads: int = field(default=1, metadata={"help": "torch threads of the main process (0: torch's own)"})
+    seed: int = field(default=0, metadata={"help": "seed of the images and the tiny model"})
+    json: str | None = field(default=None, metadata={"help": "also write the records (and heading) to this file"})
+
+    def __post_init__(self):
+        self.size  # noqa: B018 (a malformed image_size fails here, at parse time)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """`image_size` as `(width, height)`."""
+        try:
+            width, height = (int(side) for side in self.image_size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"image_size must be WIDTHxHEIGHT, e.g. 640x480, got {self.image_size!r}") from None
+        return width, height
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a TTE-compatible backbone checkpoint; default: a tiny random Qwen2-VL")
-    parser.add_argument("--rows", type=int, default=256, help="rows (one image file each)")
-    parser.add_argument("--image-size", type=_size, default=(640, 480), help="WIDTHxHEIGHT of the images")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="worker counts to time")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward")
-    parser.add_argument("--window", type=int, default=32, help="rows length-sorted together (Encoder window)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (best counts), after one warm-up")
-    parser.add_argument("--hidden-size", type=int, default=64, help="tiny backbone width (without --model)")
-    parser.add_argument("--num-layers", type=int, default=2, help="tiny backbone depth (without --model)")
-    parser.add_argument("--patch-size", type=int, default=28, help="tiny vision patch size (without --model)")
-    parser.add_argument("--vision-depth", type=int, default=1, help="tiny vision tower depth (without --model)")
-    parser.add_argument("--vision-width", type=int, default=16, help="tiny vision tower width (without --model)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the main process (0: torch's own)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", help="also write the records (and the heading) to this JSON file")
-    return parser.parse_args(argv)
+def parse_args(argv=None) -> BenchEncoderArguments:
+    from train.cli import parse
+
+    return parse((BenchEncoderArguments,), "eval.bench_encoder", __doc__, argv)[0]
 
 
 def main(argv=None) -> list[dict]:
@@ -225,7 +241,7 @@ def main(argv=None) -> list[dict]:
     print(table(records))
     print(f"{time.perf_counter() - start:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"heading": heading, "settings": vars(args), "records": records},
+        Path(args.json).write_text(json.dumps({"heading": heading, "settings": asdict(args), "records": records},
                                               indent=2, default=str) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return records

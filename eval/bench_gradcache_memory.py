@@ -1,7 +1,7 @@
 """Peak memory (RSS) of one contrastive training step at a large batch, with and without GradCache, on a tiny
 Qwen2-VL on the CPU. Each setting runs in a fresh process, so each peak is that step's own.
 
-    OMP_NUM_THREADS=1 python -m eval.bench_gradcache_memory --batch-size 512 --chunk-size 32
+    OMP_NUM_THREADS=1 python -m eval.bench_gradcache_memory --batch_size 512 --chunk_size 32
 
 Prints, per setting, the process's RSS before the step, its peak during the step and their difference, then the
 ratios (plain / GradCache). The loss of both settings is printed too: they must agree.
@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -61,22 +62,29 @@ def run_step(args) -> dict:
             "step_mib": peak - before, "loss": loss}
 
 
+@dataclass
+class BenchGradCacheArguments:
+    """Options of `python -m eval.bench_gradcache_memory`."""
+
+    batch_size: int = field(default=512, metadata={"help": "rows per training step"})
+    chunk_size: int = field(default=32, metadata={"help": "GradCache chunk size of the second run"})
+    hidden_size: int = field(default=128, metadata={"help": "tiny backbone width"})
+    num_layers: int = field(default=2, metadata={"help": "tiny backbone depth"})
+    child: bool = field(default=False, metadata={"help": argparse.SUPPRESS})
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--chunk-size", type=int, default=32, help="GradCache chunk size of the second run")
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    from train.cli import parse
+
+    (args,) = parse((BenchGradCacheArguments,), "eval.bench_gradcache_memory", __doc__, argv)
     if args.child:
         print(json.dumps(run_step(args)))
         return {}
     results = {}
     for name, chunk in (("plain", 0), ("gradcache", args.chunk_size)):
-        command = [sys.executable, "-m", "eval.bench_gradcache_memory", "--child", "--batch-size",
-                   str(args.batch_size), "--chunk-size", str(chunk), "--hidden-size", str(args.hidden_size),
-                   "--num-layers", str(args.num_layers)]
+        command = [sys.executable, "-m", "eval.bench_gradcache_memory", "--child", "--batch_size",
+                   str(args.batch_size), "--chunk_size", str(chunk), "--hidden_size", str(args.hidden_size),
+                   "--num_layers", str(args.num_layers)]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
         results[name] = json.loads(output.strip().splitlines()[-1])

@@ -2,8 +2,8 @@
 
     python -m eval.bench_scale                        # 1,000,000 traces of ~1.9 KB in 8 parts (~2.2 GB, temp dir)
     python -m eval.bench_scale --records 4000000      # the paper's ~4M traces (~8.7 GB of disk; the dict reader,
-                                                      # ~10 GiB per process, is left out above --dict-max-records)
-    python -m eval.bench_scale --records 20000 --skip-encoder --json /tmp/scale.json
+                                                      # ~10 GiB per process, is left out above --dict_max_records)
+    python -m eval.bench_scale --records 20000 --skip_encoder --json /tmp/scale.json
 
 A store of `--records` synthetic traces (keys of 20 datasets, both sides, provenance hashes, interleaved over
 `--parts` part files as ranks write them) is written to a temp folder, removed at the end. Each reader runs in its
@@ -20,12 +20,11 @@ Lookups read each trace from its part file (`pread`): on a machine whose page ca
 them wait for the disk (the dict store holds everything in its own memory instead).
 Ratios are baseline / indexed (times, memory) and indexed / baseline (lookups/s). The encoder half of the scale
 benchmark (`eval.bench_encoder.run`, rows/s with 0-2 DataLoader workers) is run after it when that module exists
-(`--skip-encoder` leaves it out). The table goes to stdout, all numbers to `--json`.
+(`--skip_encoder` leaves it out). The table goes to stdout, all numbers to `--json`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import json
@@ -40,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from train.ecr_store import SIDES, _newest, _parse_record
@@ -182,22 +182,29 @@ def _missing_job(store, kind: str, records: int) -> dict:
     return {"job_rows": len(keys), "todo": len(todo), "missing_s": seconds}
 
 
+@dataclass
+class ReaderArguments:
+    """Options of one reader process (`run_readers` starts them)."""
+
+    kind: str = field(metadata={"choices": ["dict", "index"], "help": "the dict store or the indexed store"})
+    ecr_store: str = field(metadata={"help": "the store to read"})
+    records: int = field(metadata={"help": "traces in the store"})
+    lookups: int = field(default=0, metadata={"help": "random lookups"})
+    seed: int = field(default=0, metadata={"help": "seed of the lookups"})
+    missing: bool = field(default=False, metadata={"help": "also time the missing rows of an unfinished job"})
+    sync: str | None = field(default=None, metadata={"help": "rendezvous path prefix of a pair of readers"})
+
+
 def reader_main(argv=None) -> None:
     """One reader process: open the store, look keys up, report JSON on stdout (see `run_reader`)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["dict", "index"])
-    parser.add_argument("store")
-    parser.add_argument("--records", type=int, required=True)
-    parser.add_argument("--lookups", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--missing", action="store_true")
-    parser.add_argument("--sync", default=None)
-    args = parser.parse_args(argv)
+    from train.cli import parse
     from train.ecr_store import ECRStore
+
+    (args,) = parse((ReaderArguments,), "eval.bench_scale (reader)", None, argv)
 
     report = {"rss_before_mib": _vm_mib("VmRSS")}
     start = time.perf_counter()
-    store = DictECRStore(args.store) if args.kind == "dict" else ECRStore(args.store)
+    store = DictECRStore(args.ecr_store) if args.kind == "dict" else ECRStore(args.ecr_store)
     report["open_s"] = time.perf_counter() - start
     _rendezvous(args.sync, "open")
     if args.lookups:
@@ -212,7 +219,8 @@ def reader_main(argv=None) -> None:
 def run_readers(kind: str, store: Path, args, count: int = 1, lookups: int = 0, missing: bool = False) -> list[dict]:
     """Start `count` reader processes at once (a pair meets after opening and before exiting); their reports."""
     sync = str(store.parent / f"sync-{kind}-{time.monotonic_ns()}") if count > 1 else None
-    command = [sys.executable, "-c", "from eval.bench_scale import reader_main; reader_main()", kind, str(store),
+    command = [sys.executable, "-c", "from eval.bench_scale import reader_main; reader_main()", "--kind", kind,
+               "--ecr_store", str(store),
                "--records", str(args.records), "--lookups", str(lookups), "--seed", str(args.seed)]
     command += (["--missing"] if missing else []) + (["--sync", sync] if sync else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -258,7 +266,7 @@ def bench_store(args, folder: Path) -> dict:
 
 def encoder_rows(args) -> list[dict] | None:
     """The encoder half of the scale benchmark (`eval.bench_encoder.run(args) -> list[dict]`, table rows), or `None`
-    when that module is not there. Its own arguments come from `--encoder-args` when it has a `parse_args`."""
+    when that module is not there. Its own arguments come from `--encoder_args` when it has a `parse_args`."""
     try:
         module = importlib.import_module("eval.bench_encoder")
     except ModuleNotFoundError as error:
@@ -315,20 +323,27 @@ def encoder_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=1_000_000, help="synthetic traces (the paper: ~4,000,000)")
-    parser.add_argument("--parts", type=int, default=8, help="part files (writers) the traces are spread over")
-    parser.add_argument("--ecr-bytes", type=int, default=1900, help="length of each trace's ECR text")
-    parser.add_argument("--lookups", type=int, default=200_000, help="random lookups per reader")
-    parser.add_argument("--dict-max-records", type=int, default=1_500_000,
-                        help="run the dict baseline only up to this size (it needs ~2.4 GiB per 1M traces, twice)")
-    parser.add_argument("--dir", default=None, help="where the temp store goes (default: the system temp folder)")
-    parser.add_argument("--skip-encoder", action="store_true", help="leave out the encoder half")
-    parser.add_argument("--encoder-args", default="", help="arguments of eval.bench_encoder (one string)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="bench_scale.json", help="where to write all numbers")
-    return parser.parse_args(argv)
+@dataclass
+class BenchScaleArguments:
+    """Options of `python -m eval.bench_scale`."""
+
+    records: int = field(default=1_000_000, metadata={"help": "synthetic traces (the paper: ~4,000,000)"})
+    parts: int = field(default=8, metadata={"help": "part files (writers) the traces are spread over"})
+    ecr_bytes: int = field(default=1900, metadata={"help": "length of each trace's ECR text"})
+    lookups: int = field(default=200_000, metadata={"help": "random lookups per reader"})
+    dict_max_records: int = field(default=1_500_000, metadata={
+        "help": "run the dict baseline only up to this size (it needs ~2.4 GiB per 1M traces, twice)"})
+    dir: str | None = field(default=None, metadata={"help": "where the temp store goes (default: system temp)"})
+    skip_encoder: bool = field(default=False, metadata={"help": "leave out the encoder half"})
+    encoder_args: str = field(default="", metadata={"help": "options of eval.bench_encoder (one string)"})
+    seed: int = field(default=0, metadata={"help": "seed of the traces and lookups"})
+    json: str = field(default="bench_scale.json", metadata={"help": "where to write all numbers"})
+
+
+def parse_args(argv=None) -> BenchScaleArguments:
+    from train.cli import parse
+
+    return parse((BenchScaleArguments,), "eval.bench_scale", __doc__, argv)[0]
 
 
 def main(argv=None) -> dict:
@@ -336,7 +351,7 @@ def main(argv=None) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed: still remove the temp store (GBs)
     machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
     with tempfile.TemporaryDirectory(prefix="tte-bench-scale-", dir=args.dir) as scratch:
-        results = {"settings": vars(args), "machine": machine, "store": bench_store(args, Path(scratch))}
+        results = {"settings": asdict(args), "machine": machine, "store": bench_store(args, Path(scratch))}
     print(f"ECR store at scale: {args.records:,} traces of ~{args.ecr_bytes} B ECR in {args.parts} parts, "
           f"{os.cpu_count()} cores; each reader a fresh process; peak RSS = VmHWM")
     print(table(results["store"]))

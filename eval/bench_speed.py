@@ -1,18 +1,18 @@
 """Speed benchmark: each fast path against its baseline, in one process, on the same inputs; prints ratios.
 
     python -m eval.bench_speed                     # a tiny random backbone (hidden 128, 4 layers), built in a temp dir
-    python -m eval.bench_speed --model Qwen/Qwen2-VL-2B-Instruct --device cuda --head self_init qformer
+    python -m eval.bench_speed --model_name_or_path Qwen/Qwen2-VL-2B-Instruct --device cuda --head self_init qformer
 
 Each fast path and its baseline run in turns (`--repeats` rounds after a warm-up round, alternating which goes
 first); a ratio is the median over rounds of the two times of one round (robust to a machine whose load changes),
 and the seconds and rows/s columns use each one's best round. Measured:
 1. think-and-embed, single pass (`generate_and_embed`) / generate only (the same `generate` call without the head:
    the physical floor is 1.0), per head type;
-2. two pass (generate, then embed prompt + ECR) / single pass, at `--gen-tokens` generated tokens (forced: the end
+2. two pass (generate, then embed prompt + ECR) / single pass, at `--gen_tokens` generated tokens (forced: the end
    of turn is suppressed until then);
 3. length-bucketed encoding (`Encoder`) / naive fixed-order batching, throughput on a mixed-length set (image,
    video and text rows with ECR of 20-500 tokens, in random order);
-4. batched ECR generation (`LocalBackend`, `--gen-batch` rows per `generate`) / one row at a time, throughput;
+4. batched ECR generation (`LocalBackend`, `--gen_batch` rows per `generate`) / one row at a time, throughput;
 5. rows/s and peak memory for each (CUDA: `torch.cuda.max_memory_allocated`; CPU: the process's peak RSS, reset
    before each run through `/proc/self/clear_refs`).
 Each fast path is also checked against its baseline (largest embedding difference, equal ECR texts).
@@ -21,7 +21,6 @@ The table goes to stdout, all numbers to `--json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -254,35 +254,47 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a backbone VLM checkpoint (hub id or folder); default: a tiny random one")
-    parser.add_argument("--hidden-size", type=int, default=128, help="tiny backbone width (without --model)")
-    parser.add_argument("--num-layers", type=int, default=4, help="tiny backbone depth (without --model)")
-    parser.add_argument("--head", nargs="+", choices=HEAD_TYPES, default=list(HEAD_TYPES), help="heads to time")
-    parser.add_argument("--num-head-layers", type=int, default=None,
-                        help="self_init copied layers; default: the paper's 8 of 28 scaled to the depth (>= 1)")
-    parser.add_argument("--batch", type=int, default=8, help="prompts per think-and-embed batch")
-    parser.add_argument("--gen-tokens", type=int, default=128, help="generated tokens (forced) / ECR cap")
-    parser.add_argument("--encode-rows", type=int, default=64, help="rows of the mixed-length encoding set")
-    parser.add_argument("--encode-batch", type=int, default=8, help="rows per encoding forward")
-    parser.add_argument("--gen-batch", type=int, default=16, help="rows per batched ECR generate")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["think_and_embed", "encoding", "generation"])
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (best counts), after one warm-up")
-    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
-                        help="wall-clock time, or this process's CPU time (CPU only: steadier on a shared machine)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="bench_speed.json", help="where to write all numbers")
-    return parser.parse_args(argv)
+@dataclass
+class BenchSpeedArguments:
+    """Options of `python -m eval.bench_speed`."""
+
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "a backbone VLM checkpoint (hub id or folder); default: a tiny random one"})
+    hidden_size: int = field(default=128, metadata={"help": "tiny backbone width (without a model)"})
+    num_layers: int = field(default=4, metadata={"help": "tiny backbone depth (without a model)"})
+    head: list[str] = field(default_factory=lambda: list(HEAD_TYPES), metadata={
+        "choices": list(HEAD_TYPES), "help": "heads to time"})
+    num_head_layers: int | None = field(default=None, metadata={
+        "help": "self_init copied layers; default: the paper's 8 of 28 scaled to the depth (>= 1)"})
+    batch: int = field(default=8, metadata={"help": "prompts per think-and-embed batch"})
+    gen_tokens: int = field(default=128, metadata={"help": "generated tokens (forced) / ECR cap"})
+    encode_rows: int = field(default=64, metadata={"help": "rows of the mixed-length encoding set"})
+    encode_batch: int = field(default=8, metadata={"help": "rows per encoding forward"})
+    gen_batch: int = field(default=16, metadata={"help": "rows per batched ECR generate"})
+    skip: list[str] = field(default_factory=list, metadata={
+        "choices": ["think_and_embed", "encoding", "generation"], "help": "benchmarks to leave out"})
+    repeats: int = field(default=5, metadata={"help": "timed rounds (best counts), after one warm-up"})
+    clock: str = field(default="wall", metadata={
+        "choices": ["wall", "process"],
+        "help": "wall-clock time, or this process's CPU time (CPU only: steadier on a shared machine)"})
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu",
+                        metadata={"help": "where the model runs"})
+    dtype: str | None = field(default=None, metadata={"help": "model dtype (default: bfloat16 on CUDA, else float32)"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own)"})
+    seed: int = field(default=0, metadata={"help": "seed of the tiny model and the inputs"})
+    json: str = field(default="bench_speed.json", metadata={"help": "where to write all numbers"})
+
+
+def parse_args(argv=None) -> BenchSpeedArguments:
+    from train.cli import parse
+
+    return parse((BenchSpeedArguments,), "eval.bench_speed", __doc__, argv)[0]
 
 
 def describe(args, depth: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The settings and the machine, for the JSON record and the table's heading."""
-    model = args.model or f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers)"
-    settings = {**vars(args), "model": model, "depth": depth, "dtype": str(dtype)}
+    model = args.model_name_or_path or f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers)"
+    settings = {**asdict(args), "model": model, "depth": depth, "dtype": str(dtype)}
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
@@ -303,7 +315,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     benches = {"think_and_embed": bench_think_and_embed, "encoding": bench_encoding, "generation": bench_generation}
     with tempfile.TemporaryDirectory() as scratch:
-        path = args.model or tiny_model(scratch, args.hidden_size, args.num_layers)
+        path = args.model_name_or_path or tiny_model(scratch, args.hidden_size, args.num_layers)
         processor = TTEProcessor.from_backbone(path)
         depth = AutoConfig.from_pretrained(path).get_text_config().num_hidden_layers
         args.num_head_layers = args.num_head_layers or max(1, round(depth * 8 / 28))

@@ -1,19 +1,18 @@
 """The main job: an offline, end-to-end Think-Then-Embed run that reproduces the paper's ablations in miniature.
 
-    python -m eval.demo --out runs/demo            # default run (about 15 minutes on a 2-core CPU)
-    python -m eval.demo --out runs/demo-quick --quick
-    python -m eval.demo --out runs/demo-seeds --seeds 0 1 2   # mean over seeds
+    python -m eval.demo --output_dir runs/demo            # default run (about 15 minutes on a 2-core CPU)
+    python -m eval.demo --output_dir runs/demo-quick --quick   # about 25 seconds
+    python -m eval.demo --output_dir runs/demo-seeds --seeds 0 1 2   # mean over seeds
 
 Every stage goes through the project's real code paths: a tiny Qwen2-VL written offline, the synthetic colour-card
 benchmark (eval/synthetic) with its oracle teacher's ECR in an ECR store, student reasoners distilled with TRL's
 `SFTTrainer` (train.distill_reasoner), student ECR written by the harness's generation seam (train.generate_ecr),
 embedders and unified heads trained with the contrastive Trainer (train.train_embedder), and every variant scored
-by the MMEB harness (eval.harness). Writes `results.json`, `results.md` and `results.png` under `--out`.
+by the MMEB harness (eval.harness). Writes `results.json`, `results.md` and `results.png` under `--output_dir`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -56,6 +55,15 @@ class DemoSettings:
     stage_seconds: dict = field(default_factory=dict)
 
 
+@dataclass
+class DemoArguments:
+    """Options of `python -m eval.demo`."""
+
+    output_dir: str = field(default="runs/demo", metadata={"help": "folder of the run and its report"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds to run (the report: their mean)"})
+    quick: bool = field(default=False, metadata={"help": "a smoke run of every stage (about 25 seconds on 2 cores)"})
+
+
 QUICK = dict(num_train=48, num_test=12, sft_steps=6, sft_batch=8, embed_steps=4, embed_batch=8, max_new_tokens=24)
 
 
@@ -94,7 +102,7 @@ def distill_student(backbone: Path, data: Path, store: Path, out: Path, s: DemoS
     if (out / "config.json").is_file():
         return out
     argv = ["--config", str(Path(__file__).parents[1] / "train" / "recipes" / "distill_tiny_cpu.yaml"),
-            "--model_name_or_path", str(backbone), "--store", str(store), "--image_root", str(data / "train"),
+            "--model_name_or_path", str(backbone), "--ecr_store", str(store), "--image_root", str(data / "train"),
             "--output_dir", str(out), "--max_steps", str(s.sft_steps), "--per_device_train_batch_size",
             str(s.sft_batch), "--learning_rate", str(s.sft_lr), "--seed", str(seed), "--logging_steps", "50",
             "--disable_tqdm", "true", "--datasets", *[json.dumps(d) for d in training_datasets(data)]]
@@ -136,12 +144,10 @@ def train_embedder(model: Path, data: Path, out: Path, s: DemoSettings, seed: in
         TTEForEmbedding.from_backbone(str(model), mode=mode, head_type=head_type).save_pretrained(out)
         TTEProcessor.from_backbone(str(model)).save_pretrained(out)
         return out
-    datasets = out.parent / f"{out.name}-datasets.json"
-    datasets.parent.mkdir(parents=True, exist_ok=True)
-    datasets.write_text(json.dumps([{"name": d["name"], "path": d["path"]} for d in training_datasets(data)]))
     argv = ["--model_name_or_path", str(model), "--mode", mode, "--head_type", head_type,
             "--tuning", "head" if mode == "unified" else "full", "--dtype", "float32", "--ecr_mode", ecr_mode,
-            "--datasets", str(datasets), "--image_root", str(data / "train"),
+            "--datasets", *[json.dumps({"name": d["name"], "path": d["path"]}) for d in training_datasets(data)],
+            "--image_root", str(data / "train"),
             "--ecr_store", str(data / "ecr-teacher"), "--output_dir", str(out), "--use_cpu", "true",
             "--per_device_train_batch_size", str(s.embed_batch), "--max_steps", str(s.embed_steps),
             "--learning_rate", str(s.head_lr if mode == "unified" else s.embed_lr),
@@ -202,19 +208,16 @@ def run_seed(out: Path, seed: int, s: DemoSettings) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of every stage (about 30 seconds on 2 CPU cores)")
-    args = parser.parse_args(argv)
+    from train.cli import parse
+
+    (args,) = parse((DemoArguments,), "eval.demo", __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
     torch.set_num_threads(1)  # 2 threads on 2 shared cores was several times slower (DEMO-FINDINGS)
     settings = replace(DemoSettings(), **QUICK) if args.quick else DemoSettings()
-    out, start = Path(args.out), time.perf_counter()
+    out, start = Path(args.output_dir), time.perf_counter()
     runs = [run_seed(out / f"seed{seed}", seed, settings) for seed in args.seeds]
     results = {"settings": {k: v for k, v in asdict(settings).items() if k != "stage_seconds"},
                "quick": args.quick, "runs": runs, "stage_seconds": settings.stage_seconds,

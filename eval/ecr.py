@@ -70,7 +70,7 @@ def attach_ecr(data: TaskData, store: ECRStore | None, ecr_mode: str = "full", b
         return data
     name = data.spec.name
     if store is None:
-        raise MissingECRError(f"task {name}: ecr_mode={ecr_mode!r} needs an ECR store; pass one (--ecr-store) or use "
+        raise MissingECRError(f"task {name}: ecr_mode={ecr_mode!r} needs an ECR store; pass one (--ecr_store) or use "
                               f"ecr_mode='none' for the no-ECR baseline")
     barrier()  # every process sees the same store before splitting the missing records
     store.reload()

@@ -52,7 +52,8 @@ def embed_task(data: TaskData, encoder: Encoder, cache_root: Path, rank: int = 0
     sides = sides or task_items(data)
     caches = {side: EmbeddingCache(cache_root / data.spec.name / side) for side in sides}
     for side, items in sides.items():
-        encoder.fill(caches[side], items, side, rank, world, desc=f"{data.spec.name} {side}s")
+        label = "queries" if side == "query" else "targets"
+        encoder.fill(caches[side], items, side, rank, world, desc=f"{data.spec.name} {label}")
     barrier()
     if rank != 0:
         return None
@@ -82,7 +83,7 @@ def check_run_record(out_dir, record: dict) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("fingerprint") != record["fingerprint"]:
             raise ValueError(f"{out_dir} holds results of another model or setting ({old.get('model')}, ecr_mode "
-                             f"{old.get('ecr_mode')}); use another --out folder")
+                             f"{old.get('ecr_mode')}); use another --output_dir folder")
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -113,8 +114,10 @@ def run_tasks(tasks: list[TaskSpec], encoder: Encoder, out_dir, fingerprint: str
     cache_root = Path(cache_dir or Path(out_dir) / "embedding_cache") / fingerprint
     settings = {"ecr_mode": ecr_mode, "num_frames": num_frames, "reference_ndcg": reference_ndcg}
     done = {}
-    for spec in tasks:
+    for number, spec in enumerate(tasks, 1):
         start = time.perf_counter()
+        if rank == 0:
+            logger.info("[%d/%d] %s: loading", number, len(tasks), spec.name)
         data = load_task(spec, source, num_frames).check()
         attach_ecr(data, ecr_store, ecr_mode, backend=reasoner, rank=rank, world=world, barrier=barrier)
         sides = task_items(data)

@@ -9,7 +9,7 @@ ids, so ECR cannot be looked up in an ECR store by (dataset, row id): it is writ
 - `reasoner=LocalBackend(...)` (or any `train.reasoner_backends.ReasonerBackend`): a separate reasoner; its ECR
   is cached by row content (`sentence_tte.row_key`), side and task type, so repeated rows are reasoned about once.
 
-Example (offline, with a tiny random model; `python -m eval.quickstart --out runs/quickstart` writes one):
+Example (offline, with a tiny random model; `python -m eval.quickstart --output_dir runs/quickstart` writes one):
 
 ```python
 >>> import mteb

@@ -1,11 +1,11 @@
 """Quick start, offline: build a tiny Qwen2-VL, wrap it as a TTE embedder and embed image+text queries.
 
-    python -m eval.quickstart --out runs/quickstart
+    python -m eval.quickstart --output_dir runs/quickstart
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,17 +13,24 @@ from PIL import Image
 
 from modeling_tte import TTEForEmbedding
 from processing_tte import TTEProcessor
-from train.tiny_backbone import write_tiny_backbone
+from train.tiny_backbone import FAMILIES, write_tiny_backbone
 
 COLOURS = ["red", "green", "blue", "yellow"]
 
 
+@dataclass
+class QuickstartArguments:
+    """Options of `python -m eval.quickstart`."""
+
+    output_dir: str = field(default="runs/quickstart", metadata={"help": "folder for the backbone and the model"})
+    family: str = field(default="qwen2_vl", metadata={"help": "backbone family", "choices": FAMILIES})
+
+
 def main(argv=None) -> torch.Tensor:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--family", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-    args = parser.parse_args(argv)
-    out = Path(args.out)
+    from train.cli import parse
+
+    (args,) = parse((QuickstartArguments,), "eval.quickstart", __doc__, argv)
+    out = Path(args.output_dir)
     backbone = write_tiny_backbone(out / "backbone", args.family)
     model = TTEForEmbedding.from_backbone(str(backbone)).eval()
     processor = TTEProcessor.from_backbone(str(backbone))

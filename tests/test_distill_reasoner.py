@@ -36,7 +36,7 @@ def teacher_data(tmp_path):
     data = tmp_path / "demo.jsonl"
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
     ECRStore(tmp_path / "teacher").add(records[:-1])  # the last target has no ECR: left out, not an error
-    args = DistillArguments(store=str(tmp_path / "teacher"), image_root=str(root),
+    args = DistillArguments(ecr_store=str(tmp_path / "teacher"), image_root=str(root),
                             datasets=[{"name": "demo", "path": str(data), "task_type": "vqa"}])
     return args, data, root
 
@@ -111,15 +111,15 @@ def test_cli_recipe_and_bad_inputs(tiny_qwen2_vl, teacher_data, tmp_path):
     args, data, root = teacher_data
     dataset = json.dumps({"name": "demo", "path": str(data), "task_type": "vqa"})
     folder = main(["--config", str(RECIPES / "distill_tiny_cpu.yaml"), "--model_name_or_path", tiny_qwen2_vl,
-                   "--store", args.store, "--image_root", str(root), "--datasets", dataset,
+                   "--ecr_store", args.ecr_store, "--image_root", str(root), "--datasets", dataset,
                    "--output_dir", str(tmp_path / "cli"), "--max_steps", "1"])
     assert (folder / "config.json").exists() and (folder / "chat_template.jinja").exists()
     with pytest.raises(ValueError, match="no training example"):
-        build_trainer(DistillArguments(store=str(tmp_path / "empty"), datasets=[json.loads(dataset)],
+        build_trainer(DistillArguments(ecr_store=str(tmp_path / "empty"), datasets=[json.loads(dataset)],
                                        image_root=str(root)), sft_config(tmp_path),
                       ModelConfig(model_name_or_path=tiny_qwen2_vl))
-    with pytest.raises(ValueError, match="unknown fields"):
-        DistillArguments(store="x", datasets=[{"name": "d", "path": "p", "colour": "red"}])
+    with pytest.raises(ValueError, match=r"dataset spec 0 \('d'\): unknown keys \['colour'\]"):
+        DistillArguments(ecr_store="x", datasets=[{"name": "d", "path": "p", "colour": "red"}])
 
 
 def test_sft_batches_supervise_only_the_completion_tokens(tiny_qwen2_vl, teacher_data, tmp_path):

@@ -140,16 +140,16 @@ def test_local_backend_two_workers_give_the_same_ecr(tiny_qwen2_vl, tmp_path):
 
 @pytest.mark.parametrize("flag", ["--num-workers", "--num_workers"])
 def test_num_workers_flags_reach_encoder_and_backend(flag, tmp_path):
-    from trl import TrlParser
-
-    from eval.run_mmeb import build_parser, reasoner_backend
+    from eval.run_mmeb import parse_args, reasoner_backend
+    from train.cli import parse
     from train.generate_ecr import GenerateECRArguments, make_backend
 
-    args = build_parser().parse_args(["--tasks", "all", "--reasoner", "m", flag, "2"])
+    args = parse_args(["--tasks", "all", "--reasoner", "m", "--check_data", flag, "2"])
     assert args.num_workers == 2 and reasoner_backend(args, type("S", (), {"device": "cpu"})).num_workers == 2
     datasets = '{"name": "d", "path": "d.jsonl"}'
-    (parsed,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(
-        ["--model", "m", "--store", str(tmp_path), "--datasets", datasets, flag, "2"])
+    (parsed,) = parse((GenerateECRArguments,), "train.generate_ecr", None,
+                      ["--model", "m", "--store", str(tmp_path), "--datasets", datasets, flag, "2"])
     assert make_backend(parsed).num_workers == 2
     with pytest.raises(ValueError, match="num_workers must be 0 or more"):
-        GenerateECRArguments(store="s", model="m", datasets=[{"name": "d", "path": "d.jsonl"}], num_workers=-1)
+        GenerateECRArguments(ecr_store="s", model_name_or_path="m", datasets=[{"name": "d", "path": "d.jsonl"}],
+                             num_workers=-1)

@@ -35,11 +35,11 @@ def _recipe(tmp_path, toy, backbone, **overrides) -> Path:
 def test_a_yaml_recipe_that_is_not_a_mapping_names_the_file(tmp_path):
     listed = tmp_path / "listed.yaml"
     listed.write_text("- learning_rate: 0.1\n- max_steps: 3\n")
-    with pytest.raises(ValueError, match=r"listed\.yaml: a --config recipe must be a YAML mapping .* got a list"):
+    with pytest.raises(ValueError, match=r"--config .*listed\.yaml: expected a YAML mapping .* got list"):
         parse_args(["--config", str(listed)])
     broken = tmp_path / "broken.yaml"
     broken.write_text("learning_rate: [0.1\n")
-    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML"):
+    with pytest.raises(ValueError, match=r"--config .*broken\.yaml: cannot read it as YAML"):
         parse_args(["--config", str(broken)])
 
 

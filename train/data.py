@@ -14,16 +14,15 @@ how the ECR store keys training rows; `train.mmeb_data` reads rows the same way 
 
 Write a toy MMEB-format set (images, JSON-lines subsets and an ECR store) for the tiny CPU recipe:
 
-    python -m train.data --write-toy runs/toy-mmeb
+    python -m train.data --output_dir runs/toy-mmeb
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import datasets
@@ -145,6 +144,31 @@ def load_dataset_specs(source: str | os.PathLike | Sequence[dict], data_root: st
         if unknown:
             raise ValueError(f"dataset spec {index} ({entry.get('name')!r}): unknown keys {sorted(unknown)}")
         specs.append(spec_class(**{**defaults, **entry, **override}))
+    return specs
+
+
+def read_datasets(items, inline_class: type | None = None) -> list[DatasetSpec]:
+    """What `--datasets` takes in every script: recipe files (`.yaml`/`.yml`/`.json`, read by `load_dataset_specs`
+    with `DatasetSpec` defaults, as training reads them), JSON object strings (one dataset each, as given on the
+    command line), mappings (YAML) or specs, or one of these alone. Inline entries become `inline_class` (default
+    `DatasetSpec`). `ValueError` names the item that is none of these."""
+    if isinstance(items, (str, os.PathLike, dict, DatasetSpec)):
+        items = [items]
+    specs = []
+    for index, item in enumerate(items or []):
+        if isinstance(item, str) and item.lstrip().startswith("{"):
+            try:
+                item = json.loads(item)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--datasets item {index}: not a JSON object ({error}): {item!r}") from error
+        if isinstance(item, DatasetSpec):
+            specs.append(item)
+        elif isinstance(item, dict):
+            specs += load_dataset_specs([item], spec_class=inline_class)
+        elif isinstance(item, (str, os.PathLike)) and Path(item).is_file():
+            specs += load_dataset_specs(item)
+        else:
+            raise ValueError(f"--datasets item {index}: {item!r} is neither a JSON object nor a recipe file")
     return specs
 
 
@@ -389,12 +413,20 @@ def write_toy_mmeb(out_dir: str | os.PathLike, rows_per_dataset: int = 32, seed:
     return out
 
 
+@dataclass
+class ToyArguments:
+    """Options of `python -m train.data` (writes the toy MMEB-format set of the tiny CPU recipe)."""
+
+    output_dir: str = field(metadata={"help": "folder the toy set is written to", "aliases": ["--write_toy",
+                                                                                              "--output_dir"]})
+    rows_per_dataset: int = field(default=32, metadata={"help": "rows of each toy subset"})
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write-toy", required=True, metavar="FOLDER", help="write a toy MMEB-format set here")
-    parser.add_argument("--rows-per-dataset", type=int, default=32)
-    args = parser.parse_args(argv)
-    print(write_toy_mmeb(args.write_toy, args.rows_per_dataset))
+    from train.cli import parse
+
+    (args,) = parse((ToyArguments,), "train.data", __doc__, argv)
+    print(write_toy_mmeb(args.output_dir, args.rows_per_dataset))
 
 
 if __name__ == "__main__":
@@ -403,4 +435,4 @@ if __name__ == "__main__":
 
 __all__ = ["COLUMNS", "DatasetSpec", "HomogeneousSampler", "capped_indices", "check_ecr_provenance",
            "check_unique_ids", "dataset_names_of", "epoch_sizes", "load_dataset_specs", "load_mmeb_train",
-           "normalize_row", "read_table", "row_id_of", "side_content", "write_toy_mmeb"]
+           "normalize_row", "read_datasets", "read_table", "row_id_of", "side_content", "write_toy_mmeb"]

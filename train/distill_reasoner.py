@@ -8,12 +8,12 @@ output folder is a normal checkpoint: `LocalBackend(folder)` generates with it, 
 Paper recipe (Qwen2-VL-2B student, full fine-tune, lr 2e-5, global batch 128, 1 epoch) on 8 GPUs:
 
     accelerate launch --num_processes 8 -m train.distill_reasoner --config train/recipes/distill_qwen2vl_2b.yaml \
-        --store ecr/teacher --image_root /data/MMEB-train --output_dir runs/student-2b
+        --ecr_store ecr/teacher --image_root /data/MMEB-train --output_dir runs/student-2b
 
 Tiny CPU demo (a random tiny backbone; the store written by `train.generate_ecr` with `tiny_ecr.yaml`):
 
     python -m train.distill_reasoner --config train/recipes/distill_tiny_cpu.yaml --model_name_or_path /tmp/tiny \
-        --store /tmp/ecr --datasets '{"name": "demo", "path": "demo.jsonl", "task_type": "vqa"}'
+        --ecr_store /tmp/ecr --datasets '{"name": "demo", "path": "demo.jsonl", "task_type": "vqa"}'
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class DistillArguments:
     Data and freezing options of `python -m train.distill_reasoner` (alongside TRL's `SFTConfig` and `ModelConfig`).
 
     Args:
-        store (`str`): the teacher's ECR store.
-        datasets (`list`): MMEB-format datasets (mappings in YAML, JSON objects on the command line), as for
+        ecr_store (`str`): the teacher's ECR store.
+        datasets (`list`): MMEB-format datasets (mappings in YAML, JSON objects or recipe files), as for
             `train.generate_ecr`; each row's query and target become examples when the store has their ECR.
         image_root (`str`, *optional*): folder the image paths are relative to.
         sides (`list[str]`, defaults to query and target): which sides' ECR to learn.
@@ -48,9 +48,9 @@ class DistillArguments:
         merge_lora (`bool`, defaults to `True`): with LoRA, save the merged weights (a plain checkpoint).
     """
 
-    store: str = field(metadata={"help": "the teacher's ECR store"})
+    ecr_store: str = field(metadata={"help": "the teacher's ECR store"})
     datasets: list[str] = field(default_factory=list, metadata={
-        "help": "MMEB-format datasets: mappings in YAML, JSON objects on the command line (MMEBDatasetConfig)"})
+        "help": "MMEB-format datasets: JSON objects or recipe files (mappings in YAML; MMEBDatasetConfig)"})
     image_root: str | None = field(default=None, metadata={"help": "image paths are relative to this folder"})
     sides: list[str] = field(default_factory=lambda: ["query", "target"], metadata={"help": "query and/or target"})
     teacher: str | None = field(default=None, metadata={"help": "only records by this reasoner"})
@@ -90,7 +90,7 @@ def distillation_dataset(args: DistillArguments, processor: TTEProcessor):
     """A `datasets.Dataset` of prompt-completion examples (images decoded lazily) for rows with a teacher ECR."""
     from datasets import Dataset, Image, Sequence
 
-    store, examples, missing = ECRStore(args.store), [], 0
+    store, examples, missing = ECRStore(args.ecr_store), [], 0
     for config in args.datasets:
         for pair in load_mmeb_pairs(config, image_root=args.image_root):
             for side in args.sides:
@@ -100,9 +100,9 @@ def distillation_dataset(args: DistillArguments, processor: TTEProcessor):
                     continue
                 examples.append(_example(processor, pair, side, config.task_type, record.ecr))
     if missing:
-        logger.warning(f"{missing} rows have no teacher ECR in {args.store} and are left out")
+        logger.warning(f"{missing} rows have no teacher ECR in {args.ecr_store} and are left out")
     if not examples:
-        raise ValueError(f"no training example: the store {args.store} has no ECR for the given datasets/sides")
+        raise ValueError(f"no training example: the store {args.ecr_store} has no ECR for the given datasets/sides")
     return Dataset.from_list(examples).cast_column("images", Sequence(Image()))
 
 
@@ -167,16 +167,19 @@ def save_student(trainer, output_dir: str | None = None, merge_lora: bool = True
 
 def main(argv: list[str] | None = None) -> Path:
     """Distil a student reasoner from a recipe; returns the saved checkpoint folder."""
-    from trl import ModelConfig, SFTConfig, TrlParser
+    from trl import ModelConfig, SFTConfig
 
-    args, training_args, model_args = TrlParser((DistillArguments, SFTConfig, ModelConfig)).parse_args_and_config(argv)
+    from train.cli import parse
+
+    args, training_args, model_args = parse((DistillArguments, SFTConfig, ModelConfig), "train.distill_reasoner",
+                                            __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trainer = build_trainer(args, training_args, model_args)
     trainer.train()
     output_dir = save_student(trainer, merge_lora=args.merge_lora)
     if trainer.is_world_process_zero():
         print(f"Student reasoner saved to {output_dir}; generate ECR with it: "
-              f"python -m train.generate_ecr --model {output_dir} ...", flush=True)
+              f"python -m train.generate_ecr --model_name_or_path {output_dir} ...", flush=True)
     return output_dir
 
 

@@ -13,13 +13,13 @@ Teacher ECR over a dataset with a served model (one process; add `accelerate lau
 
 A tiny offline run (a random tiny backbone, two CPU processes each writing its own part file):
 
-    python -m train.tiny_backbone --out /tmp/tiny
+    python -m train.tiny_backbone --output_dir /tmp/tiny
     accelerate launch --num_processes 2 --num_machines 1 --multi_gpu --mixed_precision no --dynamo_backend no \
-        -m train.generate_ecr --config train/recipes/tiny_ecr.yaml --model /tmp/tiny --store /tmp/ecr \
+        -m train.generate_ecr --config train/recipes/tiny_ecr.yaml --model_name_or_path /tmp/tiny --ecr_store /tmp/ecr \
         --datasets '{"name": "demo", "path": "demo.jsonl"}'
 
 The exit status is 1 when any row failed (each is listed with its id and reason, and logged under
-`<store>/failures/<part>.jsonl`), else 0.
+`<ecr_store>/failures/<part>.jsonl`), else 0.
 """
 
 from __future__ import annotations
@@ -170,28 +170,30 @@ class GenerateECRArguments:
     Arguments of `python -m train.generate_ecr` (YAML via `--config`, any field overridable on the command line).
 
     Args:
-        store (`str`): the ECR store folder; each process appends to its own part file `<part><i>.jsonl`.
+        ecr_store (`str`): the ECR store folder; each process appends to its own part file `<part><i>.jsonl`.
         part (`str`, defaults to `"rank"`): the part file prefix; two jobs writing one store at the same time need
             different prefixes (a part being written by another process is refused up front).
         datasets (`list`): MMEB-format datasets, each a mapping with the fields of `MMEBDatasetConfig` (`name`,
-            `path`, `subset`, `task_type`, ...); on the command line, JSON objects.
+            `path`, `subset`, `task_type`, ...); on the command line, JSON objects or recipe files
+            (`train.data.read_datasets`).
         image_root (`str`, *optional*): folder the image paths are relative to.
         sides (`list[str]`, defaults to query and target): which sides to reason about.
         teacher_hint (`bool`, defaults to `False`): pass the positive target's text as a hint on the query side
             (teacher ECR for training data only; never for evaluation data).
         backend (`str`, defaults to `"local"`): `"local"` (transformers) or `"openai"` (a served model).
-        model (`str`): checkpoint (local) or served model name (openai). processor (`str`, *optional*): where the
-            processor comes from (defaults to `model`). reasoner_name (`str`, *optional*): name in the records.
+        model_name_or_path (`str`): checkpoint (local) or served model name (openai). processor (`str`,
+            *optional*): where the processor comes from (defaults to `model_name_or_path`). reasoner_name (`str`,
+            *optional*): name in the records.
         base_url, api_key_env, max_concurrency, max_retries, backoff, request_timeout: the OpenAI backend's server.
         batch_size, max_new_tokens, do_sample, temperature, top_p, top_k, seed, dtype: generation settings.
         num_workers (`int`, defaults to 0): `DataLoader` worker processes building and processing the prompts of the
             local backend (`LocalBackend(num_workers=...)`); 0 does it in the main process.
     """
 
-    store: str = field(metadata={"help": "ECR store folder"})
-    model: str = field(metadata={"help": "checkpoint (local backend) or served model name (openai backend)"})
+    model_name_or_path: str = field(metadata={"help": "checkpoint (local backend) or served model name (openai)"})
+    ecr_store: str = field(metadata={"help": "ECR store folder the traces are written to"})
     datasets: list[str] = field(default_factory=list, metadata={
-        "help": "MMEB-format datasets: mappings in YAML, JSON objects on the command line (MMEBDatasetConfig)"})
+        "help": "MMEB-format datasets: JSON objects or recipe files (mappings in YAML; MMEBDatasetConfig)"})
     image_root: str | None = field(default=None, metadata={"help": "image paths are relative to this folder"})
     sides: list[str] = field(default_factory=lambda: ["query", "target"], metadata={"help": "query and/or target"})
     teacher_hint: bool = field(default=False, metadata={"help": "give the ground-truth target as a hint (teacher)"})
@@ -248,23 +250,25 @@ def make_backend(args: GenerateECRArguments, device: str | None = None) -> Reaso
     """The backend the arguments describe (the model is loaded lazily, on the first row that needs it)."""
     import os
 
-    processor = args.processor or args.model
+    processor = args.processor or args.model_name_or_path
     if args.backend == "openai":
-        return OpenAIBackend(args.base_url, args.model, processor, api_key=os.environ.get(args.api_key_env, "EMPTY"),
+        return OpenAIBackend(args.base_url, args.model_name_or_path, processor,
+                             api_key=os.environ.get(args.api_key_env, "EMPTY"),
                              name=args.reasoner_name, max_new_tokens=args.max_new_tokens,
                              temperature=args.temperature if args.do_sample else 0.0,
                              top_p=args.top_p if args.do_sample else None,
                              seed=args.seed if args.do_sample else None, max_concurrency=args.max_concurrency,
                              max_retries=args.max_retries, backoff=args.backoff, timeout=args.request_timeout)
     local_processor = TTEProcessor.from_backbone(args.processor) if args.processor else None
-    return LocalBackend(args.model, local_processor, name=args.reasoner_name, max_new_tokens=args.max_new_tokens,
-                        do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+    return LocalBackend(args.model_name_or_path, local_processor, name=args.reasoner_name,
+                        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                        top_p=args.top_p, top_k=args.top_k,
                         seed=args.seed, device=device, dtype=args.dtype, batch_size=args.batch_size,
                         num_workers=args.num_workers)
 
 
 def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], str]]) -> Path:
-    """Write this part's failures of the last run to `<store>/failures/<part>.jsonl` (replacing older ones)."""
+    """Write this part's failures of the last run to `<ecr_store>/failures/<part>.jsonl` (replacing older ones)."""
     path = store.path / "failures" / store.part_path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"dataset": k[0], "row_id": k[1], "side": k[2], "reason": r}) + "\n" for k, r in failures]
@@ -274,12 +278,12 @@ def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], s
 
 def main(argv: list[str] | None = None) -> int:
     """Run ECR generation from a recipe; returns the exit status (1 if any row failed)."""
-    from trl import TrlParser
+    from train.cli import parse
 
-    (args,) = TrlParser((GenerateECRArguments,)).parse_args_and_config(argv)
+    (args,) = parse((GenerateECRArguments,), "train.generate_ecr", __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = process_state()
-    store = ECRStore(args.store, part=f"{args.part}{state.process_index}")
+    store = ECRStore(args.ecr_store, part=f"{args.part}{state.process_index}")
     store.lock()  # up front: an unwritable folder or a part another job writes fails before any model work
     try:
         (store.path / "failures").mkdir(exist_ok=True)
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         store.unlock()
     print(f"ECR generation, process {state.process_index + 1}/{state.num_processes} "
-          f"({backend.name} -> {args.store}): {report.summary()}", flush=True)
+          f"({backend.name} -> {args.ecr_store}): {report.summary()}", flush=True)
     return 1 if report.failures else 0
 
 

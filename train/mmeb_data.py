@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from train.data import DatasetSpec, capped_indices, load_dataset_specs, side_content
+from train.data import DatasetSpec, capped_indices, read_datasets, side_content
 from train.mixture import ReadContext, read_source
 
 
@@ -103,15 +103,10 @@ def dataset_config(spec) -> MMEBDatasetConfig:
 
 
 def dataset_configs(items) -> list[MMEBDatasetConfig]:
-    """`dataset_config` of each item, a `.yaml`/`.yml` path standing for every dataset of that file (a mixture
-    recipe such as `train/recipes/mixture_mmeb_v2.yaml`, read with `DatasetSpec` defaults, as training reads it)."""
-    configs = []
-    for item in items:
-        if isinstance(item, (str, os.PathLike)) and str(item).endswith((".yaml", ".yml")):
-            configs += [dataset_config(spec) for spec in load_dataset_specs(item)]
-        else:
-            configs.append(dataset_config(item))
-    return configs
+    """`dataset_config` of each dataset `train.data.read_datasets` reads from `items` (JSON objects, mappings, or
+    recipe files such as `train/recipes/mixture_mmeb_v2.yaml`, read with `DatasetSpec` defaults, as training reads
+    them)."""
+    return [dataset_config(spec) for spec in read_datasets(items, inline_class=MMEBDatasetConfig)]
 
 
 __all__ = ["MMEBDatasetConfig", "MMEBPair", "dataset_config", "dataset_configs", "load_mmeb_pairs"]

@@ -150,7 +150,7 @@ def hub_table(repo: str, task: str, config: str | None, split: str, hub_cache: P
     except Exception as error:  # offline without a cached snapshot, unknown repo, no network
         raise DataSourceError(f"task {task}: cannot get annotations {repo} (config {config}, split {split}) "
                               f"from the hub or its cache ({type(error).__name__}: {error}); download them "
-                              f"or pass --data-root with local copies") from error
+                              f"or pass --data_root with local copies") from error
     return folder_table(folder, task, config, split, cache)
 
 

@@ -4,12 +4,12 @@ The folder holds what a real hub checkpoint holds (config, safetensors weights, 
 tokenizer with the Qwen special tokens and a chat template, image and video processors), so the
 tests and the demo exercise exactly the code path used for ``Qwen/Qwen2-VL-2B-Instruct``.
 
-    python -m train.tiny_backbone --family qwen2_vl --out /tmp/tiny-qwen2-vl
+    python -m train.tiny_backbone --family qwen2_vl --output_dir /tmp/tiny-qwen2-vl
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -182,15 +182,22 @@ def write_tiny_backbone(out_dir: str | Path, family: str = "qwen2_vl", seed: int
     return out_dir
 
 
+@dataclass
+class TinyBackboneArguments:
+    """Options of `python -m train.tiny_backbone`."""
+
+    output_dir: str = field(metadata={"help": "folder the checkpoint is written to"})
+    family: str = field(default="qwen2_vl", metadata={"help": "model family", "choices": FAMILIES})
+    hidden_size: int = field(default=64, metadata={"help": "hidden size of the language model"})
+    num_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    seed: int = field(default=0, metadata={"help": "seed of the random weights"})
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    path = write_tiny_backbone(args.out, args.family, seed=args.seed, hidden_size=args.hidden_size,
+    from train.cli import parse
+
+    (args,) = parse((TinyBackboneArguments,), "train.tiny_backbone", __doc__, argv)
+    path = write_tiny_backbone(args.output_dir, args.family, seed=args.seed, hidden_size=args.hidden_size,
                                num_layers=args.num_layers)
     AutoProcessor.from_pretrained(path)  # fail loudly here if the folder is incomplete
     print(path)

@@ -2,8 +2,8 @@
 
 Tiny run on a CPU, offline (a toy MMEB-format set with ECR, a tiny Qwen2-VL):
 
-    python -m train.tiny_backbone --out runs/tiny-backbone
-    python -m train.data --write-toy runs/toy-mmeb
+    python -m train.tiny_backbone --output_dir runs/tiny-backbone
+    python -m train.data --output_dir runs/toy-mmeb
     OMP_NUM_THREADS=1 python -m train.train_embedder --config train/recipes/embed_tiny_cpu.yaml
 
 Paper recipe (Qwen2-VL-2B, LoRA r16/alpha64, tau 0.02, global batch 8192 with GradCache), 8 GPUs:
@@ -13,7 +13,8 @@ Paper recipe (Qwen2-VL-2B, LoRA r16/alpha64, tau 0.02, global batch 8192 with Gr
 
 Every key of the `--config` YAML is a command-line option (model, data and `TTEContrastiveConfig` /
 `TrainingArguments` fields); options given on the command line override the YAML. The YAML may also list the
-training subsets inline under `datasets:` (see `train.data.DatasetSpec`), or `--datasets` names a YAML file of them.
+training subsets inline under `datasets:` (see `train.data.DatasetSpec`), or name recipe files of them; on the
+command line `--datasets` takes recipe files or JSON objects, as in `train.generate_ecr` and `train.distill_reasoner`.
 The final model is written to `output_dir` as a self-contained TTE folder (LoRA merged, with a model card naming the
 training settings and data) that loads with `AutoModel.from_pretrained(output_dir, trust_remote_code=True)`;
 `--push_to_hub true --hub_model_id me/model` uploads exactly that folder's files (not `checkpoint-*`, the adapter in
@@ -23,21 +24,19 @@ training settings and data) that loads with `AutoModel.from_pretrained(output_di
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 from transformers.utils import logging
 
 from modeling_tte import TTEForEmbedding
 from processing_tte import TTEProcessor
 
 from .collators import TTEContrastiveCollator
-from .data import load_dataset_specs, load_mmeb_train
+from .data import load_mmeb_train, read_datasets
 from .trainer import (
     TTEContrastiveConfig,
     TTEContrastiveTrainer,
@@ -74,52 +73,28 @@ class ModelArguments:
 class DataArguments:
     """Where the training rows, their images and their ECR are."""
 
-    datasets: str | None = field(default=None, metadata={"help": "YAML file listing the training subsets."})
+    datasets: list[str] = field(default_factory=list, metadata={
+        "help": "Training subsets: JSON objects or recipe files (train.data.read_datasets); YAML: a list or a file."})
     image_root: str | None = field(default=None, metadata={"help": "Folder that image paths are relative to."})
     ecr_store: str | None = field(default=None, metadata={"help": "ECR store folder (None: no ECR lookups)."})
     on_missing_ecr: str = field(default="error", metadata={"help": "'error' or 'no_ecr' (warn, count)."})
 
-
-def read_recipe(path: str) -> dict:
-    """The option: value mapping of a `--config` YAML file; `ValueError` naming the file if it is not one."""
-    with open(path, encoding="utf-8") as handle:
-        try:
-            recipe = yaml.safe_load(handle)
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML: {error}") from error
-    if recipe is None:
-        return {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a --config recipe must be a YAML mapping of option: value (e.g. "
-                         f"'learning_rate: 1e-4'), got a {type(recipe).__name__}")
-    return recipe
+    def __post_init__(self):
+        if isinstance(self.datasets, (str, dict)):  # one recipe file or mapping given in the YAML
+            self.datasets = [self.datasets]
 
 
 def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TTEContrastiveConfig, list]:
     """`(model_args, data_args, training_args, dataset_specs)` from `--config` YAML and command-line overrides."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, argv = pre.parse_known_args(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TTEContrastiveConfig),
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipe, inline_datasets = {}, None
-    if known.config:
-        recipe = read_recipe(known.config)
-        if isinstance(recipe.get("datasets"), list):
-            inline_datasets = recipe.pop("datasets")
-        allowed = {f.name for cls in (ModelArguments, DataArguments, TTEContrastiveConfig) for f in fields(cls)}
-        unknown = sorted(set(recipe) - allowed)
-        if unknown:
-            raise ValueError(f"{known.config}: unknown keys {unknown}")
-        parser.set_defaults(**recipe)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    from .cli import parse
+
+    model_args, data_args, training_args = parse((ModelArguments, DataArguments, TTEContrastiveConfig),
+                                                 "train.train_embedder", __doc__, argv)
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (in the --config YAML or on the command line)")
-    source = data_args.datasets or inline_datasets
-    if source is None:
+    if not data_args.datasets:
         raise ValueError("no training data: list subsets under 'datasets:' in the --config YAML or pass --datasets")
-    return model_args, data_args, training_args, load_dataset_specs(source)
+    return model_args, data_args, training_args, read_datasets(data_args.datasets)
 
 
 def build_model(args: ModelArguments):

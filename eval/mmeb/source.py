@@ -107,7 +107,7 @@ class DataSource:
         prefix = next((p for p in ARCHIVES if relative == p or relative.startswith(p + "/")), None)
         if prefix is None:
             raise DataSourceError(f"task {task}: media folder {relative!r} is not in an MMEB-V2 archive; pass "
-                                  f"--mmeb-root")
+                                  f"--mmeb_root")
         root = self.cache_dir / "MMEB-V2"
         _fetch_archives(task, prefix, root, self.hub_cache)
         return root / relative
@@ -137,7 +137,7 @@ def _fetch_archives(task: str, prefix: str, root: Path, hub_cache: Path | None) 
                                           cache_dir=hub_cache))
     except Exception as error:
         raise DataSourceError(f"task {task}: cannot get media archives {archives} of {MEDIA_REPO} from the hub or "
-                              f"its cache ({type(error).__name__}: {error}); clone it and pass --mmeb-root") from error
+                              f"its cache ({type(error).__name__}: {error}); clone it and pass --mmeb_root") from error
     missing = [name for name in archives if not (snapshot / name).is_file()]
     if missing:
         raise DataSourceError(f"task {task}: {MEDIA_REPO} snapshot {snapshot} lacks {missing}")
@@ -163,7 +163,7 @@ def _fetch_zip(task: str, repo: str, name: str, destination: Path, hub_cache: Pa
         archive = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[name], cache_dir=hub_cache)) / name
     except Exception as error:
         raise DataSourceError(f"task {task}: cannot get {name} of {repo} from the hub or its cache "
-                              f"({type(error).__name__}: {error}); pass --mmeb-root with an MMEB-V2 clone") from error
+                              f"({type(error).__name__}: {error}); pass --mmeb_root with an MMEB-V2 clone") from error
     if not archive.is_file():
         raise DataSourceError(f"task {task}: {repo} snapshot {archive.parent} lacks {name}")
     logger.info("unzipping %s into %s", archive, destination)

@@ -1,9 +1,9 @@
 """Write the synthetic benchmark to disk: MMEB-V2 image-format test tasks, MMEB-train-format training sets, and
 the oracle teacher's ECR for both, so the project's real loaders, trainers and harness read it.
 
-    python -m eval.synthetic.write --out runs/synthetic --train 600 --test 100 --seed 0
+    python -m eval.synthetic.write --output_dir runs/synthetic --train 600 --test 100 --seed 0
 
-Layout under `--out`:
+Layout under `--output_dir`:
     eval/<task>.jsonl         qry_inst, qry_text, qry_img_path, tgt_inst, tgt_text[], tgt_img_path[] (gold first)
     train/<task>.jsonl        qry (with <|image_1|>), qry_image_path, pos_text, pos_image_path
     eval|train/images/<task>/ the rendered scenes and card crops
@@ -13,9 +13,9 @@ Layout under `--out`:
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.mmeb.image import candidate_name
@@ -108,14 +108,21 @@ def write_benchmark(out, num_train: int = 600, num_test: int = 100, seed: int = 
     return out
 
 
+@dataclass
+class SyntheticArguments:
+    """Options of `python -m eval.synthetic.write`."""
+
+    output_dir: str = field(metadata={"help": "folder the benchmark is written to"})
+    train: int = field(default=600, metadata={"help": "training rows per task"})
+    test: int = field(default=100, metadata={"help": "test rows per task"})
+    seed: int = field(default=0, metadata={"help": "seed of the scenes"})
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--train", type=int, default=600, help="training rows per task")
-    parser.add_argument("--test", type=int, default=100, help="test rows per task")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(write_benchmark(args.out, args.train, args.test, args.seed))
+    from train.cli import parse
+
+    (args,) = parse((SyntheticArguments,), "eval.synthetic.write", __doc__, argv)
+    print(write_benchmark(args.output_dir, args.train, args.test, args.seed))
 
 
 if __name__ == "__main__":
