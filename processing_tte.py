@@ -18,8 +18,13 @@ from transformers import AutoProcessor, BatchFeature
 from transformers.image_transforms import to_pil_image
 from transformers.image_utils import load_image as hf_load_image
 from transformers.processing_utils import ProcessorMixin
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 from transformers.video_utils import load_video as hf_load_video
+
+try:
+    from .prompts_tte import REGISTRY_FILE, TASK_TYPE_PROMPTS, PromptRegistry
+except ImportError:  # imported as a top-level module (installed project, tests)
+    from prompts_tte import REGISTRY_FILE, TASK_TYPE_PROMPTS, PromptRegistry
 
 logger = logging.get_logger(__name__)
 
@@ -32,59 +37,7 @@ URL_TIMEOUT = 30.0  # seconds, per image URL
 VIDEO_FPS = 2.0  # frames sampled per second from a video file
 VIDEO_MAX_FRAMES = 32  # at most this many frames, uniformly spread, from a video file
 
-_FORMAT = (
-    "Think step by step inside <think> </think>, then write the final answer on its own line as "
-    "'Answer: <answer>'."
-)
-# Per task type: (query-side directive, target-side directive). The query side reasons towards what a matching
-# target would contain; the target side summarises what a query would ask of this candidate.
-REASONER_PROMPTS = {
-    "classification": (
-        "Reason about the visual evidence and decide which class label fits best.",
-        "Describe what this class label means and what visual evidence would support it.",
-    ),
-    "vqa": (
-        "Reason about the image to answer the question.",
-        "Restate this answer and the kind of question it answers.",
-    ),
-    "retrieval": (
-        "Reason about the content and describe the candidate that should be retrieved.",
-        "Summarise the key content of this candidate that a search query would mention.",
-    ),
-    "composed_retrieval": (
-        "Reason about the reference image and the requested modification, then describe the resulting target.",
-        "Summarise the key content of this candidate that a modification query would describe.",
-    ),
-    "grounding": (
-        "Reason about where the referred object is and describe it and its surroundings.",
-        "Describe the object shown in this region.",
-    ),
-    "video": (
-        "Reason about the frames in order: the events, actions and objects, then answer.",
-        "Summarise the events and content of this video or description.",
-    ),
-    "video_classification": (
-        "Reason about the frames in order: the actions, objects and setting, then name the category of the video.",
-        "Describe what this category looks like in a video: the typical actions, objects and setting.",
-    ),
-    "video_qa": (
-        "Reason about the frames in order to answer the question, then give the answer option's text.",
-        "Restate this answer option and what a video would have to show for it to be right.",
-    ),
-    "video_retrieval": (
-        "Reason about the description and describe the video that should be retrieved: its scenes, actions and "
-        "objects in order.",
-        "Summarise the events and content of this video in order, as a description of it would.",
-    ),
-    "moment_retrieval": (
-        "Reason about the moment the query describes and what a short clip of exactly that moment would show.",
-        "Summarise what happens in this short clip: the actions, objects and setting.",
-    ),
-    "visual_document": (
-        "Reason about what information the query asks for and what a relevant page would contain.",
-        "Summarise the information this document page contains.",
-    ),
-}
+REASONER_PROMPTS = TASK_TYPE_PROMPTS  # per task type: (query, target) directive, for unlisted datasets
 TASK_TYPES = tuple(REASONER_PROMPTS)
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
@@ -294,6 +247,10 @@ class TTEProcessor(ProcessorMixin):
         ecr_mode (`str`, *optional*, defaults to `"full"`): `"full"` feeds the whole ECR to the embedder,
             `"answer_only"` only its answer line (the paper's "without CoT" ablation), `"none"` no ECR (baseline).
         max_ecr_tokens (`int`, *optional*, defaults to 512): longer ECR is truncated (keeping its answer line).
+
+    The reasoner prompts come from `self.prompts` (a `prompts_tte.PromptRegistry`, per dataset and side): the
+    shipped registry, or `prompts=` (a YAML file read over it) in `from_backbone` / `from_pretrained`; it is saved
+    as `reasoner_prompts.yaml` with the processor.
     """
 
     def __init__(self, image_processor=None, video_processor=None, tokenizer=None, chat_template=None,
@@ -314,11 +271,14 @@ class TTEProcessor(ProcessorMixin):
             )
         self.backbone = backbone_class(image_processor=image_processor, video_processor=video_processor,
                                        tokenizer=tokenizer, chat_template=chat_template)
+        self.prompts = PromptRegistry.shipped()
 
     @classmethod
     def from_backbone(cls, pretrained_model_name_or_path: str, **kwargs) -> TTEProcessor:
-        """Wrap a backbone VLM's processor (hub id or local folder). `kwargs`: `ecr_mode`, `max_ecr_tokens`, and
-        anything else for `AutoProcessor.from_pretrained`."""
+        """Wrap a backbone VLM's processor (hub id or local folder). `kwargs`: `ecr_mode`, `max_ecr_tokens`,
+        `prompts` (a registry YAML file read over the shipped one, or a `PromptRegistry`), and anything else for
+        `AutoProcessor.from_pretrained`."""
+        prompts = kwargs.pop("prompts", None)
         own = {k: kwargs.pop(k) for k in ("ecr_mode", "max_ecr_tokens") if k in kwargs}
         backbone = AutoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         missing = [name for name in ("image_processor", "video_processor", "tokenizer")
@@ -326,8 +286,32 @@ class TTEProcessor(ProcessorMixin):
         if missing:
             raise ValueError(f"{pretrained_model_name_or_path!r} has no {', '.join(missing)}: not a vision-language "
                              f"processor (got {type(backbone).__name__})")
-        return cls(backbone.image_processor, backbone.video_processor, backbone.tokenizer,
-                   chat_template=backbone.chat_template, backbone_processor_class=type(backbone).__name__, **own)
+        processor = cls(backbone.image_processor, backbone.video_processor, backbone.tokenizer,
+                        chat_template=backbone.chat_template, backbone_processor_class=type(backbone).__name__, **own)
+        if prompts is not None:
+            processor.prompts = as_registry(prompts)
+        return processor
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, prompts=None, **kwargs) -> TTEProcessor:
+        """`ProcessorMixin.from_pretrained`, with the folder's `reasoner_prompts.yaml` as the prompt registry (the
+        shipped one when the folder has none); `prompts` (a YAML file or `PromptRegistry`) replaces it."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if prompts is not None:
+            processor.prompts = as_registry(prompts)
+            return processor
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        path = cached_file(pretrained_model_name_or_path, REGISTRY_FILE, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **hub)
+        if path is not None:
+            processor.prompts = PromptRegistry.read(path)
+        return processor
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`ProcessorMixin.save_pretrained`, plus the prompt registry as `reasoner_prompts.yaml`."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        self.prompts.save(save_directory)
+        return saved
 
     def __call__(self, *args, **kwargs) -> BatchFeature:
         """The backbone processor's `__call__` (text with image/video placeholders, images, videos)."""
@@ -505,33 +489,40 @@ class TTEProcessor(ProcessorMixin):
 
     # ---------------------------------------------------------------- reasoner inputs
     def reasoner_messages(self, row: dict, task_type: str, side: str = "query", hint: str | None = None,
-                          where: str = "row") -> tuple[list[dict], dict]:
-        """Chat messages asking a reasoner for the ECR of `row`, and the row's media. `hint` (teacher runs on
-        training data) is the ground-truth target, which the reasoner is told to use but not to reveal."""
+                          where: str = "row", dataset: str | None = None,
+                          prompts: PromptRegistry | None = None) -> tuple[list[dict], dict]:
+        """Chat messages asking a reasoner for the ECR of `row`, and the row's media. The instruction is the one
+        `prompts` (default `self.prompts`) gives `dataset` and `side` (the task type's for a dataset it does not
+        list). `hint` (teacher runs on training data) is the ground-truth target, which the reasoner is told to use
+        but not to reveal."""
         if task_type not in REASONER_PROMPTS:
             raise ValueError(f"task_type must be one of {list(TASK_TYPES)}, got {task_type!r}")
         if side not in SIDES:
             raise ValueError(f"side must be one of {list(SIDES)}, got {side!r}")
-        directive = REASONER_PROMPTS[task_type][SIDES.index(side)]
-        if hint:
-            directive += (f"\nHint (the ground-truth target): {hint}. Use it to guide your reasoning, "
-                          "but do not reveal or copy it.")
-        turn, media = self._user_turn(row, where, extra_text=f"{directive}\n{_FORMAT}")
+        directive = (prompts or self.prompts).prompt(dataset, task_type, side, hint)
+        turn, media = self._user_turn(row, where, extra_text=directive)
         return [turn], media
 
     def process_reasoner_inputs(self, rows: list[dict], task_type: str, side: str = "query",
-                                hints: list[str | None] | None = None) -> BatchFeature:
-        """Left-padded generation inputs asking a reasoner for each row's ECR."""
+                                hints: list[str | None] | None = None, dataset: str | None = None) -> BatchFeature:
+        """Left-padded generation inputs asking a reasoner for each row's ECR (rows of `dataset`, see
+        `reasoner_messages`)."""
         rows = self._rows(rows, "process_reasoner_inputs")
         hints = hints or [None] * len(rows)
         texts, media = [], []
         for index, (row, hint) in enumerate(zip(rows, hints, strict=True)):
-            messages, row_media = self.reasoner_messages(row, task_type, side, hint, where=f"{side} row {index}")
+            messages, row_media = self.reasoner_messages(row, task_type, side, hint, where=f"{side} row {index}",
+                                                         dataset=dataset)
             texts.append(self.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             media.append(row_media)
         return self._batch(texts, media, padding_side="left")
 
 
+def as_registry(prompts) -> PromptRegistry:
+    """A `PromptRegistry` as given, or the shipped one with the YAML file `prompts` read over it."""
+    return prompts if isinstance(prompts, PromptRegistry) else PromptRegistry.load(prompts)
+
+
 TTEProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["ParsedECR", "TTEProcessor", "answer_only", "format_ecr", "parse_ecr"]
+__all__ = ["ParsedECR", "PromptRegistry", "TTEProcessor", "answer_only", "as_registry", "format_ecr", "parse_ecr"]

@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    py_modules=["configuration_tte", "modeling_tte", "processing_tte", "sentence_tte"],
+    py_modules=["configuration_tte", "modeling_tte", "processing_tte", "prompts_tte", "sentence_tte"],
     packages=find_packages(include=["train", "train.*", "eval", "eval.*"]),
     package_data={"train": ["recipes/*.yaml", "recipes/accelerate/*.yaml"], "eval": ["*.yaml", "*.json"],
                   "eval.mmeb": ["*.json"]},

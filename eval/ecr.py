@@ -20,16 +20,24 @@ def ecr_keys(data: TaskData) -> list[tuple[str, str, str]]:
             + [ecr_key(name, cand, "target") for cand in data.corpus])
 
 
-def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batch_size: int = 16,
-                         show_progress: bool = True):
-    """The seam to ECR generation: build `train.generate_ecr.ECRRequest`s for `missing` keys and run
-    `train.generate_ecr.run_generation`, which writes the records into `store`. Returns its report."""
-    from train.generate_ecr import ECRRequest, run_generation
+def evaluation_requests(data: TaskData, keys) -> list:
+    """The `train.generate_ecr.ECRRequest`s of a task's store `keys`: the task's name as the dataset (so the
+    reasoner is asked the task's prompt) and never a hint (the ground truth is for teacher runs on training data)."""
+    from train.generate_ecr import ECRRequest
 
     rows = {"query": {q.row_id: q.row for q in data.queries}, "target": data.corpus}
-    requests = [ECRRequest(dataset, row_id, side, rows[side][row_id], data.spec.task_type)
-                for dataset, row_id, side in missing]
-    return run_generation(requests, store, backend, batch_size=batch_size, show_progress=show_progress)
+    return [ECRRequest(dataset, row_id, side, rows[side][row_id], data.spec.task_type)
+            for dataset, row_id, side in keys]
+
+
+def generate_missing_ecr(data: TaskData, missing, store: ECRStore, backend, batch_size: int = 16,
+                         show_progress: bool = True):
+    """The seam to ECR generation: `evaluation_requests` for the `missing` keys, run by
+    `train.generate_ecr.run_generation`, which writes the records into `store`. Returns its report."""
+    from train.generate_ecr import run_generation
+
+    return run_generation(evaluation_requests(data, missing), store, backend, batch_size=batch_size,
+                          show_progress=show_progress)
 
 
 def _lookup(data: TaskData, store: ECRStore) -> tuple[dict, list, list]:

@@ -59,6 +59,8 @@ class RunMMEBArguments:
     reasoner_url: str | None = field(default=None, metadata={
         "help": "OpenAI-compatible endpoint serving --reasoner (vllm serve, ...)"})
     reasoner_max_new_tokens: int = field(default=512, metadata={"help": "longest generated ECR in tokens"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "reasoner prompt registry YAML read over the shipped one (default: the shipped registry)"})
     batch_size: int = field(default=8, metadata={"help": "rows per forward"})
     num_workers: int = field(default=0, metadata={
         "help": "DataLoader worker processes that preprocess rows (images, frames, tokens) for the embedder and a "
@@ -102,9 +104,9 @@ def reasoner_backend(args, state):
 
     if args.reasoner_url:
         return OpenAIBackend(args.reasoner_url, args.reasoner, args.reasoner,
-                             max_new_tokens=args.reasoner_max_new_tokens)
+                             max_new_tokens=args.reasoner_max_new_tokens, prompts=args.prompts)
     return LocalBackend(args.reasoner, max_new_tokens=args.reasoner_max_new_tokens, device=str(state.device),
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, prompts=args.prompts)
 
 
 def check_data(tasks, source: DataSource, num_frames: int) -> list[dict]:

@@ -98,7 +98,7 @@ def test_reasoner_prompts(processor, task_type, side):
                                                   task_type, side, hint="green")
     text = messages[0]["content"][-1]["text"]
     assert text.startswith("Do it.\nt\n") and "<think>" in text and "Answer:" in text
-    assert "green" in text and "do not reveal" in text
+    assert "green" in text and "do not mention it" in text
     assert len(media["images"]) == 1
     plain, _ = processor.reasoner_messages({"text": "t"}, task_type, side)
     assert "Hint" not in plain[0]["content"][-1]["text"]

@@ -39,7 +39,8 @@ LOAD = textwrap.dedent("""
     import importlib.abc, json, sys
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"configuration_tte", "modeling_tte", "processing_tte", "train", "eval", "tests"}:
+            if name.split(".")[0] in {"configuration_tte", "modeling_tte", "processing_tte", "prompts_tte", "train",
+                                      "eval", "tests"}:
                 raise ImportError(f"project module {name} must not be importable here")
     sys.meta_path.insert(0, Block())
     import torch

@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processing_tte import TTEProcessor
+from processing_tte import TTEProcessor, as_registry
+from prompts_tte import REGISTRY_FILE
 from train.ecr_store import ECRStore
 from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
 
@@ -46,6 +47,9 @@ class DistillArguments:
         teacher (`str`, *optional*): use only records written by this reasoner (default: any).
         freeze_vision_tower (`bool`, defaults to `True`): keep the vision tower (and its merger) fixed.
         merge_lora (`bool`, defaults to `True`): with LoRA, save the merged weights (a plain checkpoint).
+        prompts (`str`, *optional*): a reasoner prompt registry file read over the shipped one
+            (`prompts_tte.PromptRegistry`); the student learns each dataset's prompt from it, and it is saved with
+            the student (`reasoner_prompts.yaml`), which `LocalBackend` then asks with.
     """
 
     ecr_store: str = field(metadata={"help": "the teacher's ECR store"})
@@ -56,6 +60,7 @@ class DistillArguments:
     teacher: str | None = field(default=None, metadata={"help": "only records by this reasoner"})
     freeze_vision_tower: bool = field(default=True, metadata={"help": "freeze the vision tower"})
     merge_lora: bool = field(default=True, metadata={"help": "merge LoRA weights into the saved checkpoint"})
+    prompts: str | None = field(default=None, metadata={"help": "reasoner prompt registry YAML (default: shipped)"})
 
     def __post_init__(self):
         self.datasets = dataset_configs(self.datasets)
@@ -74,11 +79,12 @@ def vision_tower(model) -> tuple[str, object]:
 
 
 def _example(processor: TTEProcessor, pair: MMEBPair, side: str, task_type: str, ecr: str) -> dict:
-    """One prompt-completion example; the prompt is the generation prompt (no hint), the completion the ECR."""
+    """One prompt-completion example; the prompt is the generation prompt of the row's dataset and side (never the
+    teacher's hint), the completion the ECR."""
     row, where = getattr(pair, side), f"{pair.dataset}/{pair.row_id}/{side}"
     if row.get("video") is not None:
         raise ValueError(f"{where}: video rows are not supported by reasoner distillation (TRL collates images only)")
-    messages, _ = processor.reasoner_messages(row, task_type, side, where=where)  # also checks the image loads
+    messages, _ = processor.reasoner_messages(row, task_type, side, where=where, dataset=pair.dataset)
     content = [{"type": part["type"], "text": part.get("text")} for part in messages[0]["content"]]
     image = row.get("image")
     return {"prompt": [{"role": "user", "content": content}],
@@ -139,7 +145,8 @@ def build_trainer(args: DistillArguments, training_args, model_args):
                                                         dtype=model_args.dtype or "auto",
                                                         revision=model_args.model_revision)
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    dataset = distillation_dataset(args, TTEProcessor.from_backbone(model_args.model_name_or_path))
+    dataset = distillation_dataset(args, TTEProcessor.from_backbone(model_args.model_name_or_path,
+                                                                    prompts=args.prompts))
     peft_config = _peft_config(model_args, model, args.freeze_vision_tower)
     if args.freeze_vision_tower and peft_config is None:
         vision_tower(model)[1].requires_grad_(False)
@@ -147,9 +154,10 @@ def build_trainer(args: DistillArguments, training_args, model_args):
                       peft_config=peft_config)
 
 
-def save_student(trainer, output_dir: str | None = None, merge_lora: bool = True) -> Path:
-    """Save the student as a plain checkpoint (LoRA merged when `merge_lora`) with its processor; push it to the
-    Hub when `push_to_hub` is set in the training arguments. Returns the folder."""
+def save_student(trainer, output_dir: str | None = None, merge_lora: bool = True, prompts=None) -> Path:
+    """Save the student as a plain checkpoint (LoRA merged when `merge_lora`) with its processor and the prompt
+    registry it learnt (`prompts`, default the shipped one); push it to the Hub when `push_to_hub` is set in the
+    training arguments. Returns the folder."""
     output_dir = Path(output_dir or trainer.args.output_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if merge_lora and hasattr(model, "merge_and_unload"):
@@ -157,10 +165,15 @@ def save_student(trainer, output_dir: str | None = None, merge_lora: bool = True
     if trainer.is_world_process_zero():
         model.save_pretrained(output_dir)
         trainer.processing_class.save_pretrained(output_dir)
+        as_registry(prompts).save(output_dir)
         if trainer.args.push_to_hub:
+            from huggingface_hub import upload_file
+
             repo_id = trainer.args.hub_model_id or output_dir.name
             model.push_to_hub(repo_id, token=trainer.args.hub_token, private=trainer.args.hub_private_repo)
             trainer.processing_class.push_to_hub(repo_id, token=trainer.args.hub_token)
+            upload_file(path_or_fileobj=str(output_dir / REGISTRY_FILE), path_in_repo=REGISTRY_FILE, repo_id=repo_id,
+                        token=trainer.args.hub_token)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     trainer = build_trainer(args, training_args, model_args)
     trainer.train()
-    output_dir = save_student(trainer, merge_lora=args.merge_lora)
+    output_dir = save_student(trainer, merge_lora=args.merge_lora, prompts=args.prompts)
     if trainer.is_world_process_zero():
         print(f"Student reasoner saved to {output_dir}; generate ECR with it: "
               f"python -m train.generate_ecr --model_name_or_path {output_dir} ...", flush=True)

@@ -54,7 +54,8 @@ class StoreLockedError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ECRRecord:
-    """One reasoning trace. `prompt_hash` identifies the prompt text it answered (see `prompt_hash`);
+    """One reasoning trace. `prompt_hash` identifies the prompt text it answered (see `prompt_hash`) and
+    `prompt_set` the prompt registry it came from (`name@version`, see `prompts_tte.PromptRegistry`);
     `content_hash`, `request_hash` and `created` (unix time) are its provenance (`None` in old records); `created`
     orders records of a key and takes no part in equality."""
 
@@ -68,6 +69,7 @@ class ECRRecord:
     content_hash: str | None = None
     request_hash: str | None = None
     created: float | None = field(default=None, compare=False)
+    prompt_set: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -136,7 +138,7 @@ def _checked_fields(line: bytes) -> dict:
             raise ValueError(f"field {name!r} must be a string, got {type(data[name]).__name__}")
     if data["side"] not in SIDES:
         raise ValueError(f"side must be one of {list(SIDES)}, got {data['side']!r}")
-    for name in ("answer", "prompt_hash", "content_hash", "request_hash"):
+    for name in ("answer", "prompt_hash", "content_hash", "request_hash", "prompt_set"):
         if not isinstance(data.get(name), str | None):
             raise ValueError(f"field {name!r} must be a string or null, got {type(data[name]).__name__}")
     if not isinstance(data.get("created"), int | float | None) or isinstance(data.get("created"), bool):
@@ -276,7 +278,7 @@ class ECRStore:
             data = json.loads(self._index.read(entry))
             record = ECRRecord(data["dataset"], data["row_id"], data["side"], data["ecr"], data["answer"],
                                data["reasoner"], data["prompt_hash"], data.get("content_hash"),
-                               data.get("request_hash"), data.get("created"))
+                               data.get("request_hash"), data.get("created"), data.get("prompt_set"))
         except (ValueError, TypeError, KeyError):
             record = None
         if record is None or record.key != key:  # a part edited in place, not appended to: index it again

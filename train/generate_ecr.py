@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from processing_tte import TTEProcessor, parse_ecr
+from processing_tte import TTEProcessor, as_registry, parse_ecr
 from train.ecr_store import ECRRecord, ECRStore, content_hash
 from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
 from train.processes import process_state
@@ -123,7 +123,7 @@ def run_generation(requests, store: ECRStore, backend: ReasonerBackend, batch_si
         if not isinstance(request, ECRRequest):
             raise ValueError(f"run_generation expects ECRRequest objects, got {type(request).__name__}")
         unique.setdefault(request.key, request)
-    hashes = {key: request_hash(request, backend.identity) for key, request in unique.items()}
+    hashes = {key: request_hash(request, backend.identity, backend.prompts) for key, request in unique.items()}
     todo, stale = _todo(unique, hashes, store)
     if not todo:
         return GenerationReport(total=len(unique), skipped=len(unique))
@@ -155,7 +155,7 @@ def _generate_into(todo: list[ECRRequest], hashes: dict, store: ECRStore, backen
                 records.append(ECRRecord(*request.key, ecr=output.text, answer=parse_ecr(output.text).answer,
                                          reasoner=backend.name, prompt_hash=output.prompt_hash,
                                          content_hash=content_hash(request.row),
-                                         request_hash=hashes[request.key]))
+                                         request_hash=hashes[request.key], prompt_set=backend.prompts.name))
                 report.ecr_tokens += output.num_tokens
             report.done += store.add(records)
             bar.update(len(batch))
@@ -186,6 +186,10 @@ class GenerateECRArguments:
             *optional*): name in the records.
         base_url, api_key_env, max_concurrency, max_retries, backoff, request_timeout: the OpenAI backend's server.
         batch_size, max_new_tokens, do_sample, temperature, top_p, top_k, seed, dtype: generation settings.
+        prompts (`str`, *optional*): a reasoner prompt registry file read over the shipped one
+            (`prompts_tte.PromptRegistry`); each row is asked its dataset's prompt.
+        dry_run (`int`, defaults to 0): print the reasoner messages of the first `dry_run` rows of each dataset and
+            side, and stop (no model, no store writes).
         num_workers (`int`, defaults to 0): `DataLoader` worker processes building and processing the prompts of the
             local backend (`LocalBackend(num_workers=...)`); 0 does it in the main process.
     """
@@ -218,14 +222,17 @@ class GenerateECRArguments:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     dtype: str = field(default="auto", metadata={"help": "model dtype (local backend)"})
     show_progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    prompts: str | None = field(default=None, metadata={"help": "reasoner prompt registry YAML (default: shipped)"})
+    dry_run: int = field(default=0, metadata={
+        "help": "print the reasoner messages of this many rows per dataset and side, then stop (no model)"})
 
     def __post_init__(self):
         for name in ("batch_size", "max_new_tokens", "max_concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.max_retries < 0 or self.num_workers < 0:
-            raise ValueError(f"max_retries and num_workers must be 0 or more, got {self.max_retries}, "
-                             f"{self.num_workers}")
+        for name in ("max_retries", "num_workers", "dry_run"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         self.datasets = dataset_configs(self.datasets)
         if not self.datasets:
             raise ValueError("generate_ecr needs at least one entry in `datasets`")
@@ -258,13 +265,14 @@ def make_backend(args: GenerateECRArguments, device: str | None = None) -> Reaso
                              temperature=args.temperature if args.do_sample else 0.0,
                              top_p=args.top_p if args.do_sample else None,
                              seed=args.seed if args.do_sample else None, max_concurrency=args.max_concurrency,
-                             max_retries=args.max_retries, backoff=args.backoff, timeout=args.request_timeout)
+                             max_retries=args.max_retries, backoff=args.backoff, timeout=args.request_timeout,
+                             prompts=args.prompts)
     local_processor = TTEProcessor.from_backbone(args.processor) if args.processor else None
     return LocalBackend(args.model_name_or_path, local_processor, name=args.reasoner_name,
                         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                         top_p=args.top_p, top_k=args.top_k,
                         seed=args.seed, device=device, dtype=args.dtype, batch_size=args.batch_size,
-                        num_workers=args.num_workers)
+                        num_workers=args.num_workers, prompts=args.prompts)
 
 
 def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], str]]) -> Path:
@@ -276,12 +284,37 @@ def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], s
     return path
 
 
+def print_dry_run(requests: list[ECRRequest], processor: TTEProcessor, prompts, rows: int) -> int:
+    """Print the messages the reasoner would get for the first `rows` requests of each dataset and side."""
+    shown = {}
+    for request in requests:
+        count = shown.get((request.dataset, request.side), 0)
+        if count >= rows:
+            continue
+        shown[(request.dataset, request.side)] = count + 1
+        messages, media = processor.reasoner_messages(request.row, request.task_type, request.side, request.hint,
+                                                      where=request.where, dataset=request.dataset, prompts=prompts)
+        family = prompts.family(request.dataset) or f"task type {request.task_type}"
+        print(f"=== {request.where} ({prompts.name}, {family}{', with hint' if request.hint else ''})")
+        names = iter(media["names"]["images"] + media["names"]["videos"])
+        for part in messages[0]["content"]:
+            print(part["text"] if part["type"] == "text" else f"<{part['type']}: {next(names)}>")
+    return sum(shown.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ECR generation from a recipe; returns the exit status (1 if any row failed)."""
     from train.cli import parse
 
     (args,) = parse((GenerateECRArguments,), "train.generate_ecr", __doc__, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.dry_run:
+        requests = [request for dataset in args.datasets for request in build_requests(
+            load_mmeb_pairs(dataset, image_root=args.image_root)[:args.dry_run], dataset.task_type, args.sides,
+            args.teacher_hint)]
+        processor = TTEProcessor.from_backbone(args.processor or args.model_name_or_path)
+        print_dry_run(requests, processor, as_registry(args.prompts), args.dry_run)
+        return 0
     state = process_state()
     store = ECRStore(args.ecr_store, part=f"{args.part}{state.process_index}")
     store.lock()  # up front: an unwritable folder or a part another job writes fails before any model work

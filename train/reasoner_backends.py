@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from processing_tte import REASONER_PROMPTS, SIDES, TASK_TYPES, TTEProcessor
+from processing_tte import TASK_TYPES, PromptRegistry, TTEProcessor, as_registry
+from prompts_tte import REGISTRY_FILE
 from train.batching import length_sorted_batches, map_chunks, pad_features
 from train.ecr_store import content_hash, ecr_key, prompt_hash, short_hash
 
@@ -57,13 +58,15 @@ class ECRRequest:
         return f"{self.dataset}/{self.row_id}/{self.side}"
 
 
-def request_hash(request: ECRRequest, reasoner: str) -> str:
+def request_hash(request: ECRRequest, reasoner: str, prompts: PromptRegistry | None = None) -> str:
     """A short hash of everything an ECR depends on, computed without loading media or a model: the row's content
-    (`train.ecr_store.content_hash`), side, task type, hint, the reasoner directive of that task and side, and the
-    reasoner's identity (`ReasonerBackend.identity`). A stored record with another request hash is stale."""
-    directive = REASONER_PROMPTS[request.task_type][SIDES.index(request.side)]
+    (`train.ecr_store.content_hash`), side, task type, hint, the prompt `prompts` (default: the shipped registry)
+    gives the request's dataset and side, and the reasoner's identity (`ReasonerBackend.identity`). A stored record
+    with another request hash is stale."""
+    prompts = prompts or PromptRegistry.load()
     return short_hash({"content": content_hash(request.row), "side": request.side, "task_type": request.task_type,
-                       "hint": request.hint, "directive": directive, "reasoner": reasoner})
+                       "hint": request.hint, "reasoner": reasoner,
+                       "prompt": prompts.fingerprint(request.dataset, request.task_type, request.side, request.hint)})
 
 
 @dataclass
@@ -80,22 +83,25 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def reasoner_prompt(processor: TTEProcessor, request: ECRRequest) -> tuple[list[dict], dict, str]:
-    """The chat messages, media and prompt text of `request` (raises errors that name the row)."""
+def reasoner_prompt(processor: TTEProcessor, request: ECRRequest,
+                    prompts: PromptRegistry | None = None) -> tuple[list[dict], dict, str]:
+    """The chat messages, media and prompt text of `request`, asked as `prompts` (default: the processor's) asks
+    for its dataset and side (raises errors that name the row)."""
     messages, media = processor.reasoner_messages(request.row, request.task_type, request.side, request.hint,
-                                                  where=request.where)
+                                                  where=request.where, dataset=request.dataset, prompts=prompts)
     prompt = processor.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return messages, media, prompt
 
 
-def prepare_generation(processor: TTEProcessor, requests: list[ECRRequest], start: int = 0) -> list:
+def prepare_generation(processor: TTEProcessor, prompts: PromptRegistry | None, requests: list[ECRRequest],
+                       start: int = 0) -> list:
     """Per request, `(GenerationOutput with its prompt hash, processed generation inputs)`, or a `GenerationOutput`
     with the error of a row that cannot be prepared (the work `LocalBackend` runs in `DataLoader` workers; `start`
     is unused, for `train.batching.map_chunks`)."""
     prepared = []
     for request in requests:
         try:
-            _, media, prompt = reasoner_prompt(processor, request)
+            _, media, prompt = reasoner_prompt(processor, request, prompts)
         except (ValueError, FileNotFoundError, OSError) as error:
             prepared.append(GenerationOutput(error=_error_text(error)))
             continue
@@ -109,11 +115,24 @@ def prepare_generation(processor: TTEProcessor, requests: list[ECRRequest], star
     return prepared
 
 
+def backend_prompts(prompts, processor: TTEProcessor | None, checkpoint: str | None = None) -> PromptRegistry:
+    """The registry a backend asks with: `prompts` (a `PromptRegistry`, or a YAML file read over the shipped one),
+    else the processor's, else the one saved in the local `checkpoint` folder (a distilled student's), else the
+    shipped one."""
+    if prompts is not None:
+        return as_registry(prompts)
+    if processor is not None:
+        return processor.prompts
+    saved = Path(checkpoint) / REGISTRY_FILE if checkpoint else None
+    return PromptRegistry.read(saved) if saved is not None and saved.is_file() else PromptRegistry.load()
+
+
 class ReasonerBackend:
     """Common part of the backends: turns a request into the reasoner's chat prompt with a `TTEProcessor`."""
 
     name: str
     processor: TTEProcessor
+    prompts: PromptRegistry  # what the reasoner is asked, per dataset and side
 
     @property
     def identity(self) -> str:
@@ -125,7 +144,7 @@ class ReasonerBackend:
 
     def prepare(self, request: ECRRequest) -> tuple[list[dict], dict, str]:
         """The chat messages, media and prompt text of `request` (raises errors that name the row)."""
-        return reasoner_prompt(self.processor, request)
+        return reasoner_prompt(self.processor, request, self.prompts)
 
     def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
         raise NotImplementedError
@@ -141,6 +160,8 @@ class LocalBackend(ReasonerBackend):
     Args:
         model (`str` or `PreTrainedModel`): a checkpoint (hub id or folder, e.g. a distilled student) or a model.
         processor (`TTEProcessor`, *optional*): defaults to `TTEProcessor.from_backbone(model)`.
+        prompts (`PromptRegistry` or `str`, *optional*): what the reasoner is asked (a registry YAML file is read
+            over the shipped one); defaults to the processor's registry, or the shipped one.
         name (`str`, *optional*): the reasoner's name in the records (defaults to the checkpoint path).
         max_new_tokens (`int`, *optional*, defaults to 512): longest ECR.
         do_sample (`bool`, *optional*, defaults to `False`): greedy unless `True`; then `temperature`, `top_p`,
@@ -156,7 +177,8 @@ class LocalBackend(ReasonerBackend):
     def __init__(self, model, processor: TTEProcessor | None = None, name: str | None = None,
                  max_new_tokens: int = 512, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto",
-                 batch_size: int | None = None, num_workers: int = 0, multiprocessing_context: str | None = None):
+                 batch_size: int | None = None, num_workers: int = 0, multiprocessing_context: str | None = None,
+                 prompts: PromptRegistry | str | None = None):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -168,6 +190,7 @@ class LocalBackend(ReasonerBackend):
             self.model_path, self.model = getattr(model, "name_or_path", type(model).__name__), model
         self.name = name or self.model_path
         self.processor = processor
+        self.prompts = backend_prompts(prompts, processor, self.model_path)
         self.sampling = dict(max_new_tokens=max_new_tokens, do_sample=do_sample)
         if do_sample:
             self.sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
@@ -199,7 +222,7 @@ class LocalBackend(ReasonerBackend):
 
     def generate(self, requests: list[ECRRequest]) -> list[GenerationOutput]:
         chunk = 1 if self.num_workers else max(len(requests), 1)
-        work = functools.partial(prepare_generation, self.processor)
+        work = functools.partial(prepare_generation, self.processor, self.prompts)
         prepared = [item for items in map_chunks(work, requests, chunk, self.num_workers,
                                                  multiprocessing_context=self.multiprocessing_context)
                     for item in items]
@@ -331,6 +354,8 @@ class OpenAIBackend(ReasonerBackend):
         model (`str`): the served model's name (`vllm serve Qwen/Qwen2.5-VL-72B-Instruct` serves that name).
         processor (`TTEProcessor` or `str`): builds the prompts (and their hash); a hub id or folder is loaded
             with `TTEProcessor.from_backbone`. Use the served model's own processor.
+        prompts (`PromptRegistry` or `str`, *optional*): what the reasoner is asked (a registry YAML file is read
+            over the shipped one); defaults to the processor's registry.
         api_key (`str`, *optional*, defaults to `"EMPTY"`): sent as the bearer token.
         name (`str`, *optional*): the reasoner's name in the records (defaults to `model`).
         max_new_tokens (`int`, *optional*, defaults to 512), temperature (`float`, defaults to 0: greedy),
@@ -342,13 +367,15 @@ class OpenAIBackend(ReasonerBackend):
     def __init__(self, base_url: str, model: str, processor: TTEProcessor | str, api_key: str = "EMPTY",
                  name: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0,
                  top_p: float | None = None, seed: int | None = None, max_concurrency: int = 8,
-                 max_retries: int = 5, backoff: float = 1.0, timeout: float = 600.0):
+                 max_retries: int = 5, backoff: float = 1.0, timeout: float = 600.0,
+                 prompts: PromptRegistry | str | None = None):
         import openai
 
         if max_concurrency < 1 or max_retries < 0:
             raise ValueError(f"max_concurrency must be >= 1 and max_retries >= 0, got {max_concurrency}, {max_retries}")
         self.base_url, self.model_name, self.name = base_url, model, name or model
         self.processor = TTEProcessor.from_backbone(processor) if isinstance(processor, str) else processor
+        self.prompts = backend_prompts(prompts, self.processor)
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
         self.sampling = {"max_tokens": max_new_tokens, "temperature": temperature}
         self.sampling.update({k: v for k, v in {"top_p": top_p, "seed": seed}.items() if v is not None})
