@@ -1,6 +1,9 @@
 """Speed benchmark: each fast path against its baseline, in one process, on the same inputs; prints ratios.
 
     python -m eval.bench_speed                     # a tiny random backbone (hidden 128, 4 layers), built in a temp dir
+    python -m eval.bench_speed --preset mid        # real proportions on a CPU (hidden 768, 12 layers), ~10 min
+    python -m eval.bench_speed --preset 2b --device cuda   # the Qwen2-VL-2B shape, random bf16 weights
+    python -m eval.bench_speed --preset 2b --dry_run --num_layers 1 --vision_depth 1   # argument check, one row
     python -m eval.bench_speed --model_name_or_path Qwen/Qwen2-VL-2B-Instruct --device cuda --head self_init qformer
 
 Each fast path and its baseline run in turns (`--repeats` rounds after a warm-up round, alternating which goes
@@ -91,7 +94,7 @@ def race(runs: dict, repeats: int, device: torch.device, clock=time.perf_counter
             seconds = clock() - start
             entry = results[name]
             entry["result"] = result
-            if round_index:  # round 0 warms up
+            if round_index or not repeats:  # round 0 warms up (and is all a dry run times)
                 entry["times"].append(seconds)
                 entry["peak_mib"] = max(entry["peak_mib"], _peak_mib(device))
     for entry in results.values():
@@ -134,14 +137,16 @@ def encoding_rows(count: int, tokenizer, rng: random.Random) -> list[dict]:
     return rows
 
 
-def tiny_model(folder: str, hidden_size: int, num_layers: int) -> str:
-    """A tiny random Qwen2-VL whose processor keeps images up to 224x224 pixels (196 tokens, about what Qwen2-VL-2B
-    gives a 392 px image; the test checkpoints cap images at 16 tokens)."""
+def tiny_model(folder: str, args) -> str:
+    """A random Qwen2-VL of the shape `args` gives (`SHAPE` fields), whose processor keeps images up to 28 x 28
+    patches (196 tokens after merging, what Qwen2-VL-2B gives a 392 px image; the test checkpoints cap images at 16
+    tokens)."""
     from train.tiny_backbone import write_tiny_backbone
 
-    path = write_tiny_backbone(folder, "qwen2_vl", hidden_size=hidden_size, num_layers=num_layers)
+    sizes = {name: getattr(args, name) for name in SHAPE}
+    path = write_tiny_backbone(folder, "qwen2_vl", dtype=args.dtype, **sizes)
     processor = TTEProcessor.from_backbone(str(path))
-    processor.image_processor.size = {"shortest_edge": 256, "longest_edge": 224 * 224}
+    processor.image_processor.size = {"shortest_edge": 256, "longest_edge": (28 * args.patch_size) ** 2}
     processor.backbone.save_pretrained(path)
     return str(path)
 
@@ -152,6 +157,11 @@ def _throughput(rows: int, entry: dict) -> dict:
             "peak_mib": entry["peak_mib"]}
 
 
+def _load(args, dtype) -> dict:
+    """Keyword arguments that load the backbone in `dtype` with `--attn_implementation`."""
+    return {"dtype": dtype, **({"attn_implementation": args.attn_implementation} if args.attn_implementation else {})}
+
+
 def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> list[dict]:
     """Per head: generate only, single pass and two pass, on one left-padded batch of `args.batch` prompts."""
     rows = reasoner_rows(args.batch, random.Random(args.seed))
@@ -160,8 +170,9 @@ def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> l
     tokens = {"max_new_tokens": args.gen_tokens, "min_new_tokens": args.gen_tokens, "do_sample": False}
     records = []
     for head in args.head:
-        model = TTEForEmbedding.from_backbone(path, mode="unified", head_type=head, dtype=dtype,
-                                              num_head_layers=args.num_head_layers).to(device).eval()
+        model = TTEForEmbedding.from_backbone(path, mode="unified", head_type=head,
+                                              num_head_layers=args.num_head_layers,
+                                              **_load(args, dtype)).to(device).eval()
         eos = model.vlm.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos)
         pad = model.vlm.generation_config.pad_token_id
@@ -190,7 +201,7 @@ def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> l
 
 def bench_encoding(path: str, processor, args, device, dtype, clock) -> dict:
     """Bucketed against naive fixed-order batching, on `args.encode_rows` mixed-length embedder rows."""
-    model = TTEForEmbedding.from_backbone(path, dtype=dtype).to(device).eval()
+    model = TTEForEmbedding.from_backbone(path, **_load(args, dtype)).to(device).eval()
     rows = encoding_rows(args.encode_rows, processor.tokenizer, random.Random(args.seed))
     lengths = [processor.process_queries([row])["input_ids"].shape[1] for row in rows]
     runs = {"naive": Encoder(model, processor, batch_size=args.encode_batch, device=device, bucket=False),
@@ -207,7 +218,7 @@ def bench_generation(path: str, processor, args, device, dtype, clock) -> dict:
     """`LocalBackend` with `args.gen_batch` rows per `generate` against one row at a time."""
     from transformers import AutoModelForImageTextToText
 
-    vlm = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device)
+    vlm = AutoModelForImageTextToText.from_pretrained(path, **_load(args, dtype)).to(device)
     backend = LocalBackend(vlm, processor, max_new_tokens=args.gen_tokens, batch_size=args.gen_batch)
     backend.check()
     rows = reasoner_rows(args.gen_batch, random.Random(args.seed + 1))
@@ -254,35 +265,80 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+SHAPE = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vision_depth",
+         "vision_width", "vision_heads", "vision_mlp_ratio", "patch_size")  # of the random backbone
+RUN = ("batch", "gen_tokens", "encode_rows", "encode_batch", "gen_batch", "repeats")
+PRESETS = {  # backbone shape and run sizes; options given on the command line win
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256, vision_depth=2,
+                 vision_width=32, vision_heads=2, vision_mlp_ratio=2, patch_size=8, batch=8, gen_tokens=128,
+                 encode_rows=64, encode_batch=8, gen_batch=16, repeats=5),
+    # real proportions that run on a 2-core CPU: the head is a small share of a forward, as in a real checkpoint
+    "mid": dict(hidden_size=768, num_layers=12, num_heads=6, num_kv_heads=2, intermediate_size=2816,
+                vision_depth=4, vision_width=256, vision_heads=4, vision_mlp_ratio=4, patch_size=14, batch=4,
+                gen_tokens=128, encode_rows=24, encode_batch=8, gen_batch=8, repeats=2),
+    # the Qwen2-VL-2B shape (random weights, bf16): for a GPU
+    "2b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
+               vision_depth=32, vision_width=1280, vision_heads=16, vision_mlp_ratio=4, patch_size=14, batch=8,
+               gen_tokens=128, encode_rows=64, encode_batch=8, gen_batch=16, repeats=3, dtype="bfloat16"),
+}
+DRY_RUN = dict(batch=1, gen_tokens=2, encode_rows=1, encode_batch=1, gen_batch=1, repeats=0)
+
+
 @dataclass
 class BenchSpeedArguments:
-    """Options of `python -m eval.bench_speed`."""
+    """Options of `python -m eval.bench_speed`; `None` sizes come from `--preset`."""
 
     model_name_or_path: str | None = field(default=None, metadata={
-        "help": "a backbone VLM checkpoint (hub id or folder); default: a tiny random one"})
-    hidden_size: int = field(default=128, metadata={"help": "tiny backbone width (without a model)"})
-    num_layers: int = field(default=4, metadata={"help": "tiny backbone depth (without a model)"})
+        "help": "a backbone VLM checkpoint (hub id or folder); default: a random one of the preset's shape"})
+    preset: str = field(default="tiny", metadata={
+        "choices": list(PRESETS), "help": "tiny (smoke), mid (real proportions on a CPU), 2b (Qwen2-VL-2B shape)"})
+    dry_run: bool = field(default=False, metadata={
+        "help": "build the model and inputs and run each path once on one row (argument check, not a speed run)"})
+    hidden_size: int | None = field(default=None, metadata={"help": "backbone width (without a model)"})
+    num_layers: int | None = field(default=None, metadata={"help": "backbone depth (without a model)"})
+    num_heads: int | None = field(default=None, metadata={"help": "attention heads (without a model)"})
+    num_kv_heads: int | None = field(default=None, metadata={"help": "key/value heads (without a model)"})
+    intermediate_size: int | None = field(default=None, metadata={"help": "MLP width (without a model)"})
+    vision_depth: int | None = field(default=None, metadata={"help": "vision tower depth (without a model)"})
+    vision_width: int | None = field(default=None, metadata={"help": "vision tower width (without a model)"})
+    vision_heads: int | None = field(default=None, metadata={"help": "vision attention heads (without a model)"})
+    vision_mlp_ratio: int | None = field(default=None, metadata={"help": "vision MLP ratio (without a model)"})
+    patch_size: int | None = field(default=None, metadata={"help": "vision patch size (without a model)"})
     head: list[str] = field(default_factory=lambda: list(HEAD_TYPES), metadata={
         "choices": list(HEAD_TYPES), "help": "heads to time"})
     num_head_layers: int | None = field(default=None, metadata={
         "help": "self_init copied layers; default: the paper's 8 of 28 scaled to the depth (>= 1)"})
-    batch: int = field(default=8, metadata={"help": "prompts per think-and-embed batch"})
-    gen_tokens: int = field(default=128, metadata={"help": "generated tokens (forced) / ECR cap"})
-    encode_rows: int = field(default=64, metadata={"help": "rows of the mixed-length encoding set"})
-    encode_batch: int = field(default=8, metadata={"help": "rows per encoding forward"})
-    gen_batch: int = field(default=16, metadata={"help": "rows per batched ECR generate"})
+    batch: int | None = field(default=None, metadata={"help": "prompts per think-and-embed batch"})
+    gen_tokens: int | None = field(default=None, metadata={"help": "generated tokens (forced) / ECR cap"})
+    encode_rows: int | None = field(default=None, metadata={"help": "rows of the mixed-length encoding set"})
+    encode_batch: int | None = field(default=None, metadata={"help": "rows per encoding forward"})
+    gen_batch: int | None = field(default=None, metadata={"help": "rows per batched ECR generate"})
     skip: list[str] = field(default_factory=list, metadata={
         "choices": ["think_and_embed", "encoding", "generation"], "help": "benchmarks to leave out"})
-    repeats: int = field(default=5, metadata={"help": "timed rounds (best counts), after one warm-up"})
+    repeats: int | None = field(default=None, metadata={"help": "timed rounds (best counts), after one warm-up"})
     clock: str = field(default="wall", metadata={
         "choices": ["wall", "process"],
         "help": "wall-clock time, or this process's CPU time (CPU only: steadier on a shared machine)"})
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu",
                         metadata={"help": "where the model runs"})
-    dtype: str | None = field(default=None, metadata={"help": "model dtype (default: bfloat16 on CUDA, else float32)"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "model dtype (default: the preset's, else bfloat16 on CUDA and float32 on CPU)"})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "attention kernel of the backbone: sdpa, eager, flash_attention_2 (default: transformers' choice)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's own)"})
-    seed: int = field(default=0, metadata={"help": "seed of the tiny model and the inputs"})
+    seed: int = field(default=0, metadata={"help": "seed of the random model and the inputs"})
     json: str = field(default="bench_speed.json", metadata={"help": "where to write all numbers"})
+
+    def __post_init__(self):
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.dry_run:
+            for name, value in DRY_RUN.items():
+                setattr(self, name, value)
+        for name in SHAPE + RUN:
+            if getattr(self, name) < (0 if name == "repeats" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
 
 def parse_args(argv=None) -> BenchSpeedArguments:
@@ -293,14 +349,17 @@ def parse_args(argv=None) -> BenchSpeedArguments:
 
 def describe(args, depth: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The settings and the machine, for the JSON record and the table's heading."""
-    model = args.model_name_or_path or f"tiny qwen2_vl (hidden {args.hidden_size}, {args.num_layers} layers)"
+    model = args.model_name_or_path or (f"random qwen2_vl, preset {args.preset} (hidden {args.hidden_size}, "
+                                        f"{args.num_layers} layers, {args.num_heads} heads, MLP "
+                                        f"{args.intermediate_size}; vision {args.vision_depth} x {args.vision_width})")
     settings = {**asdict(args), "model": model, "depth": depth, "dtype": str(dtype)}
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     heading = (f"{model} on {machine['device']} ({machine['torch_threads']} torch threads, {os.cpu_count()} cores), "
                f"{dtype}; self_init copies {args.num_head_layers} of {depth} layers; {args.gen_tokens} generated "
-               f"tokens; think-and-embed batch {args.batch}; {args.repeats} paired rounds, {args.clock} clock")
+               f"tokens; think-and-embed batch {args.batch}; {args.repeats} paired rounds, {args.clock} clock"
+               + ("; DRY RUN (one row, one untimed round each: not a speed measurement)" if args.dry_run else ""))
     return {"settings": settings, "machine": machine, "heading": heading}
 
 
@@ -315,7 +374,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     benches = {"think_and_embed": bench_think_and_embed, "encoding": bench_encoding, "generation": bench_generation}
     with tempfile.TemporaryDirectory() as scratch:
-        path = args.model_name_or_path or tiny_model(scratch, args.hidden_size, args.num_layers)
+        path = args.model_name_or_path or tiny_model(scratch, args)
         processor = TTEProcessor.from_backbone(path)
         depth = AutoConfig.from_pretrained(path).get_text_config().num_hidden_layers
         args.num_head_layers = args.num_head_layers or max(1, round(depth * 8 / 28))

@@ -25,3 +25,31 @@ def test_benchmark_runs_and_fast_paths_match_their_baselines(tmp_path, capsys):
     assert results["generation"]["same_texts"] and results["generation"]["ecr_tokens"] == [4, 4, 4]
     printed = capsys.readouterr().out
     assert printed.count("| think-and-embed") == 4 and "bucketed/naive" in printed and "batched/sequential" in printed
+
+
+def test_presets_give_real_shapes_and_the_command_line_wins():
+    two_b = bench_speed.parse_args(["--preset", "2b"])
+    shape = {name: getattr(two_b, name) for name in bench_speed.SHAPE}
+    assert shape == {"hidden_size": 1536, "num_layers": 28, "num_heads": 12, "num_kv_heads": 2,
+                     "intermediate_size": 8960, "vision_depth": 32, "vision_width": 1280, "vision_heads": 16,
+                     "vision_mlp_ratio": 4, "patch_size": 14} and two_b.dtype == "bfloat16"
+    mid = bench_speed.parse_args(["--preset", "mid", "--num_layers", "2", "--gen_tokens", "7"])
+    assert (mid.hidden_size, mid.num_layers, mid.gen_tokens) == (768, 2, 7)
+    dry = bench_speed.parse_args(["--preset", "mid", "--dry_run", "--batch", "8"])
+    assert (dry.batch, dry.repeats, dry.encode_rows) == (1, 0, 1)
+
+
+def test_the_gpu_command_dry_runs_on_the_cpu(tmp_path, capsys):
+    """`eval.bench_gpu --dry_run`: the 2b preset (one decoder layer, one vision block) through every path once,
+    then the encoder benchmark; the summary says what it could not measure here."""
+    from eval import bench_gpu
+
+    results = bench_gpu.main(["--device", "cpu", "--dry_run", "--output_dir", str(tmp_path)])
+    sdpa = results["speed"]["sdpa"]
+    assert "DRY RUN" in sdpa["heading"] and sdpa["settings"]["hidden_size"] == 1536
+    assert sdpa["settings"]["dtype"] == "torch.bfloat16" and sdpa["settings"]["attn_implementation"] == "sdpa"
+    assert [r["head"] for r in sdpa["think_and_embed"]] == list(bench_speed.HEAD_TYPES)
+    assert sdpa["generation"]["same_texts"] and sdpa["encoding"]["rows"] == 1
+    assert {r["workers"] for r in results["encoder"]["records"] if "workers" in r} >= {0, 2, 4}
+    summary = (tmp_path / "summary.md").read_text()
+    assert "accelerator utilisation: not measured" in summary and (tmp_path / "speed_sdpa.json").is_file()

@@ -35,7 +35,8 @@ def _arguments(module: str) -> tuple:
              "train.data": "ToyArguments", "eval.run_mmeb": "RunMMEBArguments", "eval.demo": "DemoArguments",
              "eval.quickstart": "QuickstartArguments", "eval.synthetic.write": "SyntheticArguments",
              "eval.bench_encoder": "BenchEncoderArguments", "eval.bench_speed": "BenchSpeedArguments",
-             "eval.bench_scale": "BenchScaleArguments", "eval.bench_gradcache_memory": "BenchGradCacheArguments"}
+             "eval.bench_scale": "BenchScaleArguments", "eval.bench_gradcache_memory": "BenchGradCacheArguments",
+             "eval.bench_gpu": "BenchGPUArguments"}
     module_object = __import__(module, fromlist=[names[module]])
     return (getattr(module_object, names[module]),)
 
@@ -43,7 +44,8 @@ def _arguments(module: str) -> tuple:
 CLIS = {"train.train_embedder": [], "train.distill_reasoner": ["--use_cpu", "true"], "train.generate_ecr": [],
         "train.tiny_backbone": [], "train.data": [], "eval.run_mmeb": ["--tasks", "all"], "eval.demo": [],
         "eval.quickstart": [], "eval.synthetic.write": [], "eval.bench_encoder": [], "eval.bench_speed": [],
-        "eval.bench_scale": [], "eval.bench_gradcache_memory": []}  # module -> options it needs besides the shared
+        "eval.bench_scale": [], "eval.bench_gradcache_memory": [],
+        "eval.bench_gpu": []}  # module -> the options it needs besides the shared ones
 
 
 def test_every_entry_point_is_listed():

@@ -101,11 +101,14 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def build_config(family: str, tokenizer, hidden_size: int = 64, num_layers: int = 2, vision_depth: int = 2,
-                 vision_width: int = 32, patch_size: int = 8):
-    """A tiny config of the given family whose special token ids match ``tokenizer``."""
+                 vision_width: int = 32, patch_size: int = 8, num_heads: int = 4, num_kv_heads: int = 2,
+                 intermediate_size: int | None = None, vision_heads: int = 2, vision_mlp_ratio: int = 2):
+    """A config of the given family whose special token ids match ``tokenizer``: tiny by default, any shape (e.g.
+    Qwen2-VL-2B's: hidden 1536, 28 layers, 12 heads, 2 KV heads, MLP 8960; vision 32 x 1280, 16 heads, ratio 4)
+    with the sizes given. `intermediate_size` defaults to twice the hidden size."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    heads = 4
+    heads = num_heads
     head_dim = hidden_size // heads
     ids = {
         name: tokenizer.convert_tokens_to_ids(token)
@@ -119,10 +122,10 @@ def build_config(family: str, tokenizer, hidden_size: int = 64, num_layers: int 
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size or hidden_size * 2,
         num_hidden_layers=num_layers,
         num_attention_heads=heads,
-        num_key_value_heads=2,
+        num_key_value_heads=num_kv_heads,
         max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                          "mrope_section": _mrope_section(head_dim)},
@@ -130,19 +133,19 @@ def build_config(family: str, tokenizer, hidden_size: int = 64, num_layers: int 
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    vision = dict(depth=vision_depth, num_heads=2, patch_size=patch_size, spatial_merge_size=2,
+    vision = dict(depth=vision_depth, num_heads=vision_heads, patch_size=patch_size, spatial_merge_size=2,
                   temporal_patch_size=2, in_channels=3)
     if family == "qwen2_vl":
-        vision.update(embed_dim=vision_width, hidden_size=hidden_size, mlp_ratio=2)
+        vision.update(embed_dim=vision_width, hidden_size=hidden_size, mlp_ratio=vision_mlp_ratio)
         return Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
     if family == "qwen2_5_vl":
-        vision.update(hidden_size=vision_width, intermediate_size=vision_width * 2, out_hidden_size=hidden_size,
-                      window_size=patch_size * 4, fullatt_block_indexes=[vision_depth - 1])
+        vision.update(hidden_size=vision_width, intermediate_size=vision_width * vision_mlp_ratio,
+                      out_hidden_size=hidden_size, window_size=patch_size * 4, fullatt_block_indexes=[vision_depth - 1])
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
     text.update(head_dim=head_dim)
     text["rope_parameters"]["mrope_interleaved"] = True
-    vision.update(hidden_size=vision_width, intermediate_size=vision_width * 2, out_hidden_size=hidden_size,
-                  num_position_embeddings=64, deepstack_visual_indexes=[0])
+    vision.update(hidden_size=vision_width, intermediate_size=vision_width * vision_mlp_ratio,
+                  out_hidden_size=hidden_size, num_position_embeddings=64, deepstack_visual_indexes=[0])
     return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
 
 
@@ -163,17 +166,19 @@ def build_processor(family: str, tokenizer, patch_size: int = 8):
                            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def write_tiny_backbone(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0, **sizes) -> Path:
+def write_tiny_backbone(out_dir: str | Path, family: str = "qwen2_vl", seed: int = 0, dtype: str | None = None,
+                        **sizes) -> Path:
     """Write a tiny ``family`` checkpoint (model, tokenizer, processor) to ``out_dir`` and return it.
 
-    ``sizes`` are forwarded to :func:`build_config` (``hidden_size``, ``num_layers``, ``vision_depth``,
-    ``vision_width``, ``patch_size``).
+    ``sizes`` are forwarded to :func:`build_config` (``hidden_size``, ``num_layers``, ``num_heads``,
+    ``num_kv_heads``, ``intermediate_size``, ``vision_depth``, ``vision_width``, ``vision_heads``,
+    ``vision_mlp_ratio``, ``patch_size``); ``dtype`` (e.g. ``"bfloat16"``) is the dtype of the saved weights.
     """
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     config = build_config(family, tokenizer, **sizes)
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config)
+    model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype) if dtype else None)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
