@@ -21,6 +21,7 @@ the shipped one (`PromptRegistry.load(path)`): its families and datasets replace
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from pathlib import Path
 
@@ -83,6 +84,13 @@ TASK_TYPE_PROMPTS = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def _shipped_data() -> tuple[dict | None, str]:
+    """The shipped file's registry, read once per process (every processor and backend starts from it)."""
+    path = Path(__file__).with_name(REGISTRY_FILE)
+    return (PromptRegistry.read(path).data, str(path)) if path.is_file() else (None, "built-in")
+
+
 class PromptRegistry:
     r"""
     The reasoner prompts of every dataset and side (see the module docstring for the file layout).
@@ -102,8 +110,8 @@ class PromptRegistry:
     def shipped(cls) -> PromptRegistry:
         """The registry shipped beside this module, or the task-type prompts alone where it is absent (a folder
         saved before registries existed, loaded as remote code)."""
-        path = Path(__file__).with_name(REGISTRY_FILE)
-        return cls.read(path) if path.is_file() else cls()
+        data, source = _shipped_data()
+        return cls(data, source=source)
 
     @classmethod
     def read(cls, path) -> PromptRegistry:
