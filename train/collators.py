@@ -51,6 +51,9 @@ class TTEContrastiveCollator:
             ECR from the store.
         on_missing_ecr (`str`, *optional*, defaults to `"error"`): `"error"` raises a `ValueError` naming the row
             and side; `"no_ecr"` embeds that side without ECR, counts it in `missing_ecr` and logs a warning.
+        ecr_token_counts (`bool`, *optional*, defaults to `False`): also return `"ecr_lengths"`, per side the number
+            of tokens each row's ECR (and its end-of-turn token) takes at the end of its input, 0 without ECR: what
+            joint training (`TTEContrastiveConfig.sft_loss_weight`) computes its language-model loss on.
 
     Returns (from `__call__`):
         `dict` with `"query"` and `"target"` (and `"negative"` when any row has a hard negative) model-input dicts,
@@ -62,6 +65,7 @@ class TTEContrastiveCollator:
     ecr_store: ECRStore | str | os.PathLike | None = None
     ecr_sides: tuple[str, ...] = ("query", "target", "negative")
     on_missing_ecr: str = "error"
+    ecr_token_counts: bool = False
     missing_ecr: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -150,7 +154,16 @@ class TTEContrastiveCollator:
                                                                                        strict=True)])
         if sides["negative"]:
             batch["negative"] = self._process("negative", sides["negative"], names["negative"])
+        if self.ecr_token_counts:
+            batch["ecr_lengths"] = {side: self._ecr_lengths(sides[side]) for side in batch if side in BATCH_SIDES}
         return batch
+
+    def _ecr_lengths(self, rows: list[dict]) -> torch.Tensor:
+        """Tokens of each row's ECR as the embedder reads it, with the end-of-turn token after it (0 without ECR)."""
+        tokenizer = self.processor.tokenizer
+        texts = [self.processor.embedder_ecr(row["ecr"]) for row in rows]
+        return torch.tensor([len(tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+                             if text else 0 for text in texts])
 
 
 MEDIA_FIELDS = tuple(f"{prefix}_{kind}" for prefix, _, _ in BATCH_SIDES.values() for kind in ("image", "video"))

@@ -160,4 +160,28 @@ class InfoNCELoss(nn.Module):
         return logits.masked_fill(duplicate, float("-inf"))
 
 
-__all__ = ["InfoNCELoss", "distributed_world", "gather_with_grad"]
+def ecr_positions(attention_mask: torch.Tensor, ecr_lengths: torch.Tensor) -> torch.Tensor:
+    """`(batch, seq)` bool mask of the last `ecr_lengths[i]` attended tokens of each row: the ECR assistant turn and
+    its end-of-turn token in an embedder input (either padding side)."""
+    mask = attention_mask.bool()
+    index = attention_mask.long().cumsum(1)  # 1-based position among the attended tokens
+    first = mask.sum(1, keepdim=True) - ecr_lengths.to(mask.device).long()[:, None]
+    return mask & (index > first)
+
+
+def ecr_nll(hidden: torch.Tensor, lm_head: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            ecr_lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """
+    The summed next-token negative log-likelihood of each row's ECR tokens (see `ecr_positions`), each predicted by
+    `lm_head` from the final hidden state of the position before it, and the number of tokens summed. The LM head
+    runs on those positions only (not the whole sequence), in float32 for the loss.
+    """
+    targets = ecr_positions(attention_mask, ecr_lengths)[:, 1:]
+    states = hidden[:, :-1][targets]
+    if states.shape[0] == 0:
+        return hidden.sum() * 0.0, 0
+    logits = lm_head(states).float()
+    return F.cross_entropy(logits, input_ids[:, 1:][targets], reduction="sum"), int(states.shape[0])
+
+
+__all__ = ["InfoNCELoss", "distributed_world", "ecr_nll", "ecr_positions", "gather_with_grad"]

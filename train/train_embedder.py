@@ -190,7 +190,8 @@ def main(argv=None) -> TTEContrastiveTrainer:
     with training_args.main_process_first(desc="loading MMEB-train"):
         train_dataset = load_mmeb_train(specs, image_root=data_args.image_root, seed=seed)
     collator = TTEContrastiveCollator(processor, ecr_store=data_args.ecr_store,
-                                      on_missing_ecr=data_args.on_missing_ecr)
+                                      on_missing_ecr=data_args.on_missing_ecr,
+                                      ecr_token_counts=training_args.sft_loss_weight > 0)
     trainer = TTEContrastiveTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                     data_collator=collator, processing_class=processor)
     if resolved_tuning(model_args) == "lora":

@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .collators import check_media_paths
 from .data import HomogeneousSampler, dataset_names_of
 from .gradcache import RandomState, split_batch
-from .losses import InfoNCELoss
+from .losses import InfoNCELoss, ecr_nll
 
 logger = logging.get_logger(__name__)
 
@@ -52,6 +52,13 @@ class TTEContrastiveConfig(TrainingArguments):
             Sample blocks of `sub_batch_size` consecutive rows from one source dataset (the rows' `dataset` field).
         sub_batch_size (`int`, *optional*):
             Rows per homogeneous block; defaults to `per_device_train_batch_size`.
+        sft_loss_weight (`float`, *optional*, defaults to 0):
+            Joint training (the paper's Appendix B ablation): add this weight times the language-model loss (mean
+            next-token NLL) of the ECR tokens of the same query and target sequences the embeddings are taken from,
+            so one backbone learns to write the ECR and to embed. 0 is the two-stage recipe (a separate reasoner).
+            Needs an embedder-mode model with a trainable backbone and a collator with `ecr_token_counts=True`.
+        contrastive_loss_weight (`float`, *optional*, defaults to 1):
+            Weight of the InfoNCE loss in joint training.
         check_media_paths (`bool`, *optional*, defaults to `True`):
             Before training, check (one `stat` per distinct path) that every image path of the training rows is a
             file, so a missing file or a directory fails up front, naming the dataset, row and path.
@@ -66,6 +73,8 @@ class TTEContrastiveConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False for the collator."})
     dataloader_drop_last: bool = field(default=True, metadata={"help": "Equal batches on every rank."})
     ddp_broadcast_buffers: bool | None = field(default=False, metadata={"help": "DDP buffer broadcast per forward."})
+    sft_loss_weight: float = field(default=0.0, metadata={"help": "Joint training: weight of the ECR LM loss."})
+    contrastive_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the InfoNCE loss."})
     check_media_paths: bool = field(default=True, metadata={"help": "Check the training image paths up front."})
 
     def __post_init__(self):
@@ -78,6 +87,12 @@ class TTEContrastiveConfig(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"TTEContrastiveConfig.{name} must be positive, got {value!r}")
+        for name in ("sft_loss_weight", "contrastive_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"TTEContrastiveConfig.{name} must be a number >= 0, got {value!r}")
+        if self.sft_loss_weight == 0 and self.contrastive_loss_weight == 0:
+            raise ValueError("TTEContrastiveConfig: sft_loss_weight and contrastive_loss_weight are both 0")
         if self.remove_unused_columns:
             raise ValueError("TTEContrastiveConfig.remove_unused_columns must be False: the contrastive collator "
                              "reads the raw row fields")
@@ -218,6 +233,9 @@ class TTEContrastiveTrainer(Trainer):
         temperature = self.args.loss_temperature or self.model.config.loss_temperature
         self.loss_fn = loss_fn or InfoNCELoss(temperature, symmetric=self.args.symmetric_loss,
                                               gather_across_devices=self.args.cross_device_negatives)
+        if self.args.sft_loss_weight and self.model.config.mode != "embedder":
+            raise ValueError(f"joint training (sft_loss_weight={self.args.sft_loss_weight}) trains the backbone to "
+                             f"write the ECR: it needs mode='embedder', got mode={self.model.config.mode!r}")
 
     # ------------------------------------------------------------------ saving and the hub
     # `args.push_to_hub` is honoured by uploading the self-contained TTE folder once, at the end (`upload_tte_folder`,
@@ -256,7 +274,8 @@ class TTEContrastiveTrainer(Trainer):
                             target_ids=target_ids)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        """InfoNCE of the batch's queries against its (gathered) targets and negatives; GradCache when
+        """InfoNCE of the batch's queries against its (gathered) targets and negatives, plus, in joint training
+        (`args.sft_loss_weight`), the language-model loss of the queries' and targets' ECR tokens; GradCache when
         `args.gradcache_chunk_size` is set and the model is training with gradients enabled."""
         sides = self._sides(inputs)
         chunk_size = self.args.gradcache_chunk_size
@@ -266,13 +285,31 @@ class TTEContrastiveTrainer(Trainer):
             logger.warning_once("Under DDP the contrastive step runs as GradCache with one chunk per side (one "
                                 "extra no-grad forward); set gradcache_chunk_size to choose the chunk size")
             chunk_size = max(batch["input_ids"].shape[0] for batch in sides.values())
-        target_ids = inputs.get("target_ids")
+        target_ids, lengths = inputs.get("target_ids"), self._ecr_lengths(inputs)
         if chunk_size and model.training and torch.is_grad_enabled():
-            loss, embeddings = self._gradcache_loss(model, sides, chunk_size, target_ids)
+            loss, embeddings = self._gradcache_loss(model, sides, chunk_size, target_ids, lengths)
         else:
-            embeddings = {side: model(**batch).embeddings for side, batch in sides.items()}
-            loss = self._loss(embeddings, target_ids)
+            outputs = {side: model(**batch, output_hidden_states=bool(lengths)) for side, batch in sides.items()}
+            embeddings = {side: output.embeddings for side, output in outputs.items()}
+            loss = self.args.contrastive_loss_weight * self._loss(embeddings, target_ids)
+            if lengths:
+                parts = [self._nll(model, outputs[side], sides[side], lengths[side]) for side in lengths]
+                loss = loss + self.args.sft_loss_weight * sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
         return (loss, embeddings) if return_outputs else loss
+
+    def _ecr_lengths(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """Per side, the ECR token counts joint training takes the language-model loss on (`{}` when not joint)."""
+        if not self.args.sft_loss_weight:
+            return {}
+        lengths = inputs.get("ecr_lengths")
+        if lengths is None:
+            raise ValueError("joint training (sft_loss_weight > 0) needs batches with 'ecr_lengths': use "
+                             "TTEContrastiveCollator(..., ecr_token_counts=True)")
+        return {side: lengths[side] for side in ("query", "target") if side in lengths}
+
+    def _nll(self, model, output, batch: dict, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+        lm_head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        return ecr_nll(output.hidden_states[-1], lm_head, batch["input_ids"], batch["attention_mask"], lengths)
 
     def _split(self, model, batch: dict, chunk_size: int) -> list[dict]:
         vlm_config = self.accelerator.unwrap_model(model).config.vlm_config
@@ -281,9 +318,10 @@ class TTEContrastiveTrainer(Trainer):
                            video_token_id=getattr(vlm_config, "video_token_id", None),
                            merge_size=getattr(vision, "spatial_merge_size", 2))
 
-    def _gradcache_loss(self, model, sides: dict[str, dict], chunk_size: int, target_ids=None):
+    def _gradcache_loss(self, model, sides: dict[str, dict], chunk_size: int, target_ids=None, lengths=None):
         """GradCache: returns the loss (its value) carrying the last chunk's graph, so the Trainer's backward of
-        it completes the step (and, under DDP, synchronises the gradients accumulated under `no_sync`)."""
+        it completes the step (and, under DDP, synchronises the gradients accumulated under `no_sync`). In joint
+        training each chunk's re-run also back-propagates its share of the ECR language-model loss."""
         jobs = []  # (side, chunk inputs, random state)
         cached: dict[str, list[torch.Tensor]] = {side: [] for side in sides}
         with torch.no_grad():
@@ -295,21 +333,28 @@ class TTEContrastiveTrainer(Trainer):
         leaves = {side: torch.cat(parts).detach().requires_grad_() for side, parts in cached.items()}
         loss = self._loss(leaves, target_ids)
         grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))
+        loss = self.args.contrastive_loss_weight * loss.detach()
+        lengths = lengths or {}
+        tokens = max(sum(int(n.sum()) for n in lengths.values()), 1)
         offsets = dict.fromkeys(sides, 0)
         scale = self.current_gradient_accumulation_steps
         surrogate = None
         for index, (side, chunk, state) in enumerate(jobs):
-            rows = chunk["input_ids"].shape[0]
-            grad = grads[side][offsets[side]:offsets[side] + rows]
+            rows, start = chunk["input_ids"].shape[0], offsets[side]
             offsets[side] += rows
             last = index == len(jobs) - 1
             with (contextlib.nullcontext() if last else self.accelerator.no_sync(model)), state.replay():
-                embeddings = model(**chunk).embeddings
-                surrogate = (embeddings.float() * grad).sum()
+                output = model(**chunk, output_hidden_states=side in lengths)
+                surrogate = self.args.contrastive_loss_weight * (output.embeddings.float()
+                                                                 * grads[side][start:start + rows]).sum()
+                if side in lengths:
+                    nll = self._nll(model, output, chunk, lengths[side][start:start + rows])[0]
+                    surrogate = surrogate + self.args.sft_loss_weight * nll / tokens
+                    loss = loss + self.args.sft_loss_weight * nll.detach() / tokens
                 if not last:
                     self.accelerator.backward(surrogate / scale)
         # value == loss, gradient == the last chunk's cached-gradient product
-        return loss.detach() + surrogate - surrogate.detach(), {k: v.detach() for k, v in leaves.items()}
+        return loss + surrogate - surrogate.detach(), {k: v.detach() for k, v in leaves.items()}
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Evaluation: the contrastive loss only (no logits or labels)."""
