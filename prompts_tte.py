@@ -14,6 +14,8 @@ A registry is data (`reasoner_prompts.yaml`, shipped beside this file and saved 
     datasets:                  # training subsets and evaluation tasks -> their family
       OK-VQA: vqa
 
+An empty `format` and empty directives ask with the row alone, as the embedder sees it (the prompt of a model trained
+jointly to write ECR after the embedder's prompt, `TTEContrastiveConfig.sft_loss_weight`).
 A dataset it does not list gets its task type's built-in prompt (`TASK_TYPE_PROMPTS`). A custom file is read over
 the shipped one (`PromptRegistry.load(path)`): its families and datasets replace those of the same name.
 """
@@ -160,7 +162,7 @@ class PromptRegistry:
                 raise ValueError(f"reasoner prompts {self.source}: dataset {dataset!r} names the unknown family "
                                  f"{family!r}")
         for key, field in (("format", "{answer}"), ("hint", "{hint}")):
-            if key in self.data and field not in str(self.data[key]):
+            if self.data.get(key) and field not in str(self.data[key]):
                 raise ValueError(f"reasoner prompts {self.source}: {key!r} must contain {field}")
 
     # ------------------------------------------------------------------ prompts
@@ -191,7 +193,7 @@ class PromptRegistry:
         if hint:
             lines.append(self.data.get("hint", DEFAULT_HINT).format(hint=hint))
         lines.append(self.data.get("format", DEFAULT_FORMAT).format(answer=answer))
-        return "\n".join(lines)
+        return "\n".join(line for line in lines if line)
 
     def fingerprint(self, dataset: str | None, task_type: str, side: str, hint: str | None = None) -> str:
         """A short hash of the prompt of `(dataset, task_type, side, hint)`: part of every request hash, so changing

@@ -24,6 +24,7 @@ from eval.demo_report import write_report
 from eval.ecr import attach_ecr
 from eval.harness import evaluate_model
 from eval.mmeb import DataSource, load_task
+from eval.synthetic.pretrain import write_pretraining
 from eval.synthetic.tasks import TASKS
 from eval.synthetic.write import train_dataset_name, write_benchmark
 from eval.tasks import all_tasks
@@ -31,7 +32,8 @@ from processing_tte import answer_only, parse_ecr
 from train.ecr_store import ECRRecord, ECRStore
 
 logger = logging.getLogger(__name__)
-HEADS = ("last_token", "attention_pooler", "latent_attention", "qformer", "self_init")
+HEADS = ("self_init", "qformer", "attention_pooler", "latent_attention", "last_token")  # the paper's order
+PROMPTS = Path(__file__).parent / "synthetic" / "prompts.yaml"  # short reasoner prompts (see the file)
 
 
 @dataclass
@@ -40,6 +42,9 @@ class DemoSettings:
 
     num_train: int = 600
     num_test: int = 100
+    pretrain_rows: int = 6000
+    pretrain_steps: int = 600
+    pretrain_lr: float = 1e-3
     hidden_size: int = 128
     num_layers: int = 2
     sft_steps: int = 800
@@ -49,6 +54,7 @@ class DemoSettings:
     embed_batch: int = 32
     embed_lr: float = 1e-3
     head_lr: float = 3e-3  # heads start from scratch on frozen features
+    joint_sft_weight: float = 1.0  # --ablations: weight of the ECR language-model loss in joint training
     temperature: float = 0.05
     max_new_tokens: int = 96
     heads: tuple[str, ...] = HEADS
@@ -62,9 +68,12 @@ class DemoArguments:
     output_dir: str = field(default="runs/demo", metadata={"help": "folder of the run and its report"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds to run (the report: their mean)"})
     quick: bool = field(default=False, metadata={"help": "a smoke run of every stage (about 25 seconds on 2 cores)"})
+    ablations: bool = field(default=False, metadata={
+        "help": "also joint training, the ECR-noise curve and the head-layer ablation (eval.demo_ablations)"})
 
 
-QUICK = dict(num_train=48, num_test=12, sft_steps=6, sft_batch=8, embed_steps=4, embed_batch=8, max_new_tokens=24)
+QUICK = dict(num_train=48, num_test=12, pretrain_rows=32, pretrain_steps=4, sft_steps=6, sft_batch=8, embed_steps=4,
+             embed_batch=8, max_new_tokens=24)
 
 
 class Stages:
@@ -96,17 +105,33 @@ def answer_only_store(teacher: Path, out: Path) -> Path:
     return out
 
 
-def distill_student(backbone: Path, data: Path, store: Path, out: Path, s: DemoSettings, seed: int) -> Path:
-    from train.distill_reasoner import main as distill
+def distill(backbone: Path, store: Path, datasets: list[dict], image_root: Path, out: Path, steps: int, lr: float,
+            batch: int, seed: int, *extra: str) -> Path:
+    """A student (or the pretrained backbone) trained by `train.distill_reasoner` (TRL `SFTTrainer`)."""
+    from train.distill_reasoner import main as run
 
     if (out / "config.json").is_file():
         return out
     argv = ["--config", str(Path(__file__).parents[1] / "train" / "recipes" / "distill_tiny_cpu.yaml"),
-            "--model_name_or_path", str(backbone), "--ecr_store", str(store), "--image_root", str(data / "train"),
-            "--output_dir", str(out), "--max_steps", str(s.sft_steps), "--per_device_train_batch_size",
-            str(s.sft_batch), "--learning_rate", str(s.sft_lr), "--seed", str(seed), "--logging_steps", "50",
-            "--disable_tqdm", "true", "--datasets", *[json.dumps(d) for d in training_datasets(data)]]
-    return distill(argv)
+            "--model_name_or_path", str(backbone), "--ecr_store", str(store), "--image_root", str(image_root),
+            "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch),
+            "--learning_rate", str(lr), "--seed", str(seed), "--logging_steps", "50", "--disable_tqdm", "true",
+            "--prompts", str(PROMPTS), *extra, "--datasets", *[json.dumps(d) for d in datasets]]
+    return run(argv)
+
+
+def pretrain_backbone(backbone: Path, data: Path, out: Path, s: DemoSettings, seed: int) -> Path:
+    """The shared perception stage (eval.synthetic.pretrain): the random backbone learns to caption scenes, vision
+    tower included; every student, embedder and head of the run starts from it."""
+    entry = write_pretraining(data, s.pretrain_rows, seed)
+    return distill(backbone, data / "ecr-pretrain", [entry], data / "train", out, s.pretrain_steps, s.pretrain_lr,
+                   s.sft_batch, seed, "--freeze_vision_tower", "false", "--sides", "query",
+                   "--lr_scheduler_type", "constant_with_warmup")
+
+
+def distill_student(backbone: Path, data: Path, store: Path, out: Path, s: DemoSettings, seed: int) -> Path:
+    return distill(backbone, store, training_datasets(data), data / "train", out, s.sft_steps, s.sft_lr, s.sft_batch,
+                   seed)
 
 
 def synthetic_source(data: Path) -> DataSource:
@@ -114,12 +139,12 @@ def synthetic_source(data: Path) -> DataSource:
     return DataSource(data_root=data / "eval", mmeb_root=data / "eval")
 
 
-def student_ecr(student: Path, data: Path, store: Path, s: DemoSettings) -> dict[str, float]:
-    """Generate the student's ECR for every test query and candidate (the harness's generation seam) and return
-    its answer accuracy per task against the oracle teacher."""
+def student_ecr(student: Path | None, data: Path, store: Path, s: DemoSettings, backend=None) -> dict[str, float]:
+    """Generate the student's ECR (or `backend`'s) for every test query and candidate (the harness's generation
+    seam) and return its answer accuracy per task against the oracle teacher."""
     from train.generate_ecr import LocalBackend
 
-    backend = LocalBackend(str(student), max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32")
+    backend = backend or LocalBackend(str(student), max_new_tokens=s.max_new_tokens, device="cpu", dtype="float32")
     teacher, students = ECRStore(data / "ecr-teacher"), ECRStore(store, part="student")
     accuracy = {}
     for spec in all_tasks("synthetic").values():
@@ -132,19 +157,25 @@ def student_ecr(student: Path, data: Path, store: Path, s: DemoSettings) -> dict
 
 
 def train_embedder(model: Path, data: Path, out: Path, s: DemoSettings, seed: int, ecr_mode: str,
-                   mode: str = "embedder", head_type: str = "last_token") -> Path:
+                   mode: str = "embedder", head_type: str = "last_token", head_layer: int = -1,
+                   *extra: str) -> Path:
+    """An embedder (full fine-tune) or a unified head (on the frozen `model`) trained by `train.train_embedder` on
+    the teacher's ECR; `extra` are more of its options (e.g. `--sft_loss_weight` for joint training)."""
     from train.train_embedder import main as train
 
     if (out / "config.json").is_file():
         return out
+    copied = self_init_layers(s.num_layers)
     if mode == "unified" and head_type == "last_token":  # a head without parameters: the frozen reasoner as it is
         from modeling_tte import TTEForEmbedding
         from processing_tte import TTEProcessor
 
-        TTEForEmbedding.from_backbone(str(model), mode=mode, head_type=head_type).save_pretrained(out)
+        TTEForEmbedding.from_backbone(str(model), mode=mode, head_type=head_type,
+                                      head_layer=head_layer).save_pretrained(out)
         TTEProcessor.from_backbone(str(model)).save_pretrained(out)
         return out
     argv = ["--model_name_or_path", str(model), "--mode", mode, "--head_type", head_type,
+            "--head_layer", str(head_layer), "--num_head_layers", str(copied), *extra,
             "--tuning", "head" if mode == "unified" else "full", "--dtype", "float32", "--ecr_mode", ecr_mode,
             "--datasets", *[json.dumps({"name": d["name"], "path": d["path"]}) for d in training_datasets(data)],
             "--image_root", str(data / "train"),
@@ -157,6 +188,11 @@ def train_embedder(model: Path, data: Path, out: Path, s: DemoSettings, seed: in
             "--disable_tqdm", "true"]
     train(argv)
     return out
+
+
+def self_init_layers(depth: int) -> int:
+    """Decoder layers the self_init head copies: the paper's 8 of 28, scaled to `depth` (at least one)."""
+    return max(1, round(depth * 8 / 28))
 
 
 def evaluate(model: Path, data: Path, out: Path, store: Path | None, ecr_mode: str) -> dict[str, float]:
@@ -176,7 +212,7 @@ def variants(out: Path, data: Path, heads) -> list[tuple[str, Path, Path | None,
     return rows + [(f"TTE_u {head}", out / f"unified-{head}", out / "ecr-student", "full") for head in heads]
 
 
-def run_seed(out: Path, seed: int, s: DemoSettings) -> dict:
+def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False) -> dict:
     """Every stage for one seed (a rerun skips finished stages' outputs); returns scores and student accuracy."""
     from train.tiny_backbone import write_tiny_backbone
 
@@ -188,6 +224,7 @@ def run_seed(out: Path, seed: int, s: DemoSettings) -> dict:
     if not (data / "ecr-teacher").is_dir():
         stage("data + teacher ECR", write_benchmark, data, s.num_train, s.num_test, seed)
     teacher = data / "ecr-teacher"
+    backbone = stage("perception pretraining", pretrain_backbone, backbone, data, out / "pretrained", s, seed)
     student = stage("student SFT", distill_student, backbone, data, teacher, out / "student", s, seed)
     accuracy = {"full": stage("student ECR", student_ecr, student, data, out / "ecr-student", s)}
     short = answer_only_store(teacher, out / "ecr-teacher-answer")
@@ -204,6 +241,11 @@ def run_seed(out: Path, seed: int, s: DemoSettings) -> dict:
     for name, model, store, ecr_mode in variants(out, data, s.heads):
         slug = name.split(" (")[0].replace(" ", "-").lower()
         scores[name] = stage("evaluation", evaluate, model, data, out / "eval" / slug, store, ecr_mode)
+    if ablations:
+        from eval.demo_ablations import run_ablations
+
+        more, accuracy["joint"] = run_ablations(out, data, backbone, student, s, seed, stage)
+        scores.update(more)
     return {"seed": seed, "scores": scores, "student_answer_accuracy": accuracy}
 
 
@@ -218,9 +260,9 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)  # 2 threads on 2 shared cores was several times slower (DEMO-FINDINGS)
     settings = replace(DemoSettings(), **QUICK) if args.quick else DemoSettings()
     out, start = Path(args.output_dir), time.perf_counter()
-    runs = [run_seed(out / f"seed{seed}", seed, settings) for seed in args.seeds]
+    runs = [run_seed(out / f"seed{seed}", seed, settings, args.ablations) for seed in args.seeds]
     results = {"settings": {k: v for k, v in asdict(settings).items() if k != "stage_seconds"},
-               "quick": args.quick, "runs": runs, "stage_seconds": settings.stage_seconds,
+               "quick": args.quick, "ablations": args.ablations, "runs": runs, "stage_seconds": settings.stage_seconds,
                "total_seconds": round(time.perf_counter() - start, 1), "machine": machine()}
     paths = write_report(out, results)
     print(paths["markdown"].read_text())

@@ -1,9 +1,14 @@
 """The demo's report: per-task, per-category and overall Hit@1 of every variant (mean over seeds), the students'
-answer accuracy and the wall time of each stage, as JSON, markdown and a PNG chart."""
+answer accuracy and the wall time of each stage, as JSON, markdown and PNG charts (with `--ablations`, also the
+ECR-noise curve).
+
+    python -m eval.demo_report --results runs/demo/results.json   # rewrite results.md and the PNGs from the JSON
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
@@ -47,11 +52,12 @@ def markdown(results: dict, table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(path: Path, table: dict, width: int = 1000, height: int = 460) -> None:
+def chart(path: Path, table: dict, width: int = 1000) -> None:
     """Overall Hit@1 per variant as horizontal bars."""
+    height = 60 + 26 * len(table)
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    left, right, top = 190, width - 60, 40
+    left, right, top = 300, width - 60, 40
     draw.text((10, 10), "Overall Hit@1 (%), synthetic benchmark", fill="black")
     step = (height - top - 20) / max(len(table), 1)
     for i, (variant, row) in enumerate(table.items()):
@@ -64,6 +70,30 @@ def chart(path: Path, table: dict, width: int = 1000, height: int = 460) -> None
     image.save(path)
 
 
+def noise_curve(path: Path, table: dict, width: int = 640, height: int = 400) -> bool:
+    """Overall Hit@1 of the TTE_t embedder against the rate of wrong answers in its ECR (the ablations' rows);
+    returns whether there was a curve to draw."""
+    from eval.demo_ablations import NOISE_RATES, noise_variant
+
+    points = [(rate, table[noise_variant(rate)]["Overall"]) for rate in NOISE_RATES if noise_variant(rate) in table]
+    if not points:
+        return False
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 60, width - 30, 40, height - 50
+    draw.text((10, 10), "TTE_t embedder: overall Hit@1 (%) vs wrong answers in the ECR", fill="black")
+    draw.line([left, bottom, right, bottom], fill="black")
+    draw.line([left, top, left, bottom], fill="black")
+    xy = [(left + (right - left) * rate, bottom - (bottom - top) * score) for rate, score in points]
+    draw.line(xy, fill="#d62728", width=2)
+    for (rate, score), (x, y) in zip(points, xy, strict=True):
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill="#d62728")
+        draw.text((x - 12, y - 18), f"{100 * score:.1f}", fill="black")
+        draw.text((x - 10, bottom + 8), f"{100 * rate:.0f}%", fill="black")
+    image.save(path)
+    return True
+
+
 def write_report(out, results: dict) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,4 +102,29 @@ def write_report(out, results: dict) -> dict[str, Path]:
     paths["json"].write_text(json.dumps({**results, "table": table}, indent=2) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown(results, table), encoding="utf-8")
     chart(paths["chart"], table)
+    if noise_curve(out / "noise.png", table):
+        paths["noise"] = out / "noise.png"
     return paths
+
+
+@dataclass
+class ReportArguments:
+    """Options of `python -m eval.demo_report`."""
+
+    results: str = field(metadata={"help": "a demo's results.json; the report is rewritten beside it"})
+
+
+def main(argv=None) -> dict[str, Path]:
+    from train.cli import parse
+
+    (args,) = parse((ReportArguments,), "eval.demo_report", __doc__, argv)
+    path = Path(args.results)
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results.pop("table", None)
+    paths = write_report(path.parent, results)
+    print(paths["markdown"].read_text())
+    return paths
+
+
+if __name__ == "__main__":
+    main()

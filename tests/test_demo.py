@@ -1,25 +1,42 @@
-"""The main job's --quick setting runs every stage through the real code paths and writes its report."""
+"""The main job's --quick setting runs every stage (the ablations included) through the real code paths, writes
+its report, and the report is rewritten from results.json alone."""
 
 import json
 
 from PIL import Image
 
 from eval.demo import HEADS, main
+from eval.demo_ablations import NOISE_RATES, noise_variant
+from eval.demo_report import main as report
+
+CORE = ["No ECR", "TTE_t (teacher ECR)", "TTE_s (student ECR)", "Answer-only (student)"] + [
+    f"TTE_u {head}" for head in HEADS]
 
 
-def test_quick_demo_runs_every_stage_and_writes_the_table(tmp_path):
-    results = main(["--quick", "--out", str(tmp_path)])
-    variants = ["No ECR", "TTE_t (teacher ECR)", "TTE_s (student ECR)", "Answer-only (student)"] + [
-        f"TTE_u {head}" for head in HEADS]
+def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_path):
+    results = main(["--quick", "--ablations", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert list(saved["table"]) == variants
+    variants = list(saved["table"])
+    assert variants[:len(CORE)] == CORE
+    assert "Joint SFT + InfoNCE (own ECR)" in variants and "TTE_t embedder, answer-only student ECR" in variants
+    assert [noise_variant(rate) for rate in NOISE_RATES] == [v for v in variants if "wrong answers" in v]
+    assert sum("hidden state" in v for v in variants) == 4
     assert set(saved["table"]["No ECR"]) >= {"Syn-Links", "CLS", "VQA", "RET", "VG", "Overall"}
-    assert set(results["stage_seconds"]) == {"backbone", "data + teacher ECR", "student SFT", "student ECR",
-                                             "answer-only student SFT", "answer-only student ECR", "embedders",
-                                             "TTE_u heads", "evaluation"}
+    assert set(results["stage_seconds"]) == {
+        "backbone", "data + teacher ECR", "perception pretraining", "student SFT", "student ECR",
+        "answer-only student SFT", "answer-only student ECR", "embedders", "TTE_u heads", "evaluation",
+        "joint SFT + InfoNCE", "joint ECR"}
+    assert set(saved["runs"][0]["student_answer_accuracy"]) == {"full", "answer_only", "joint"}
+    # the noise-free row is the TTE_t row: same embedder, same ECR
+    assert saved["table"][noise_variant(0.0)] == saved["table"]["TTE_t (teacher ECR)"]
     table = (tmp_path / "results.md").read_text()
     assert "| TTE_s (student ECR) |" in table and "Wall time per stage" in table
-    with Image.open(tmp_path / "results.png") as chart:
-        assert chart.size == (1000, 460)
-    for name in ("student", "embed-full", "unified-self_init"):
-        assert (tmp_path / "seed0" / name / "config.json").is_file()
+    with Image.open(tmp_path / "results.png") as chart, Image.open(tmp_path / "noise.png") as curve:
+        assert chart.size == (1000, 60 + 26 * len(variants)) and curve.size == (640, 400)
+    for name in ("pretrained", "student", "embed-full", "embed-joint", "unified-self_init", "ecr-joint"):
+        assert (tmp_path / "seed0" / name).is_dir()
+
+    (tmp_path / "results.md").unlink()
+    (tmp_path / "noise.png").unlink()
+    report(["--results", str(tmp_path / "results.json")])
+    assert (tmp_path / "results.md").read_text() == table and (tmp_path / "noise.png").is_file()

@@ -160,3 +160,16 @@ def test_dry_run_prints_the_messages_without_a_model_or_store(tmp_path, tiny_qwe
     assert out.count("=== HatefulMemes/") == 4  # 2 rows x 2 sides
     assert "transcribe the text" in out and HINT_MARK in out and "<image: query row" not in out
     assert "<image: HatefulMemes/0/query field 'image' (" in out and "meme_classification" in out
+
+
+def test_an_empty_registry_asks_with_the_row_alone_as_the_embedder_sees_it(tiny_qwen2_vl):
+    plain = PromptRegistry({"name": "plain", "version": 1, "format": "",
+                            "families": {"none": {"query": "", "target": ""}}, "datasets": {"toy": "none"}})
+    processor = TTEProcessor.from_backbone(tiny_qwen2_vl, prompts=plain)
+    row = {"image": Image.new("RGB", (32, 32), "red"), "text": "What colour?"}
+    messages, _ = processor.reasoner_messages(row, "vqa", dataset="toy")
+    prompt = processor.backbone.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    embedder = processor.embedder_text(processor._user_turn(row, "row")[0], "<think>x</think> Answer: red")
+    assert embedder.startswith(prompt) and embedder[len(prompt):].startswith("<think>x</think>")
+    assert plain.prompt("toy", "vqa", "query") == ""
+    assert plain.prompt("other", "vqa", "query") != ""  # a dataset it does not list keeps its task type's prompt

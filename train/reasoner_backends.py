@@ -262,9 +262,22 @@ class LocalBackend(ReasonerBackend):
             for index, new in zip(indices, sequences[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
                 end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id),
                            len(new))
-                results[index] = (self.processor.tokenizer.decode(new[:end], skip_special_tokens=False).strip(), end)
+                results[index] = (self._text(new[:end]), end)
         self.generated_rows += len(features)
         return results
+
+    def _text(self, tokens: list[int]) -> str:
+        """The decoded trace without media tokens (a weak model can emit `<|image_pad|>`, which no embedder input
+        may hold as text); a warning says when that happened."""
+        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=False)
+        for token in self.processor.media_tokens():
+            if token in text:
+                if not getattr(self, "_warned_media", False):
+                    logger.warning(f"{self.name}: generated media tokens such as {token!r}; they are removed from "
+                                   f"the trace")
+                    self._warned_media = True
+                text = text.replace(token, "")
+        return text.strip()
 
 # --------------------------------------------------------------------------------------------- OpenAI-compatible
 def _data_url(image) -> str:

@@ -58,6 +58,8 @@ class ModelArguments:
     mode: str = field(default="embedder", metadata={"help": "'embedder' (TTE_t/TTE_s) or 'unified' (TTE_u)."})
     head_type: str = field(default="last_token", metadata={"help": "Head of a unified model, e.g. 'self_init'."})
     num_head_layers: int = field(default=8, metadata={"help": "Decoder layers copied by the self_init head."})
+    head_layer: int = field(default=-1, metadata={
+        "help": "Hidden state the last_token / attention_pooler / latent_attention head reads (-1: the final one)."})
     tuning: str | None = field(default=None, metadata={"help": "'lora' (embedder default), 'full', 'head'."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha."})
@@ -101,7 +103,7 @@ def build_model(args: ModelArguments):
     """The `TTEForEmbedding` to train (not yet wrapped for LoRA)."""
     backbone_kwargs = {k: getattr(args, k) for k in ("dtype", "attn_implementation") if getattr(args, k)}
     tte_kwargs = {"mode": args.mode, "head_type": args.head_type, "num_head_layers": args.num_head_layers,
-                  "max_ecr_tokens": args.max_ecr_tokens}
+                  "head_layer": args.head_layer, "max_ecr_tokens": args.max_ecr_tokens}
     return TTEForEmbedding.from_backbone(args.model_name_or_path, **tte_kwargs, **backbone_kwargs)
 
 
