@@ -226,3 +226,14 @@ def test_non_positive_sizes_fail_before_any_data_is_read(flag, tmp_path):
     datasets = json.dumps({"name": "d", "path": str(tmp_path / "absent.jsonl")})
     with pytest.raises(ValueError, match=f"{flag[2:]} must be a positive integer"):
         main(["--model", "m", "--store", str(tmp_path / "s"), "--datasets", datasets, flag, "0"])
+
+
+def test_media_tokens_a_model_generates_are_removed_from_the_trace(tiny_qwen2_vl, caplog):
+    backend = LocalBackend(tiny_qwen2_vl, max_new_tokens=4)
+    backend.check()
+    tokenizer = backend.processor.tokenizer
+    tokens = tokenizer("<think>red</think> Answer: <|image_pad|>red<|vision_start|>", add_special_tokens=False)
+    with caplog.at_level("WARNING"):
+        text = backend._text(tokens["input_ids"])
+    assert text == "<think>red</think> Answer: red"
+    assert "media tokens" in caplog.text
