@@ -232,7 +232,7 @@ def test_media_tokens_a_model_generates_are_removed_from_the_trace(tiny_qwen2_vl
     backend = LocalBackend(tiny_qwen2_vl, max_new_tokens=4)
     backend.check()
     tokenizer = backend.processor.tokenizer
-    tokens = tokenizer("<think>red</think> Answer: <|image_pad|>red<|vision_start|>", add_special_tokens=False)
+    tokens = tokenizer("<think>red</think> Answer: <|image_pad|>red<|image_pad|>", add_special_tokens=False)
     with caplog.at_level("WARNING"):
         text = backend._text(tokens["input_ids"])
     assert text == "<think>red</think> Answer: red"
