@@ -3,6 +3,8 @@ answer accuracy and the wall time of each stage, as JSON, markdown and PNG chart
 ECR-noise curve).
 
     python -m eval.demo_report --results runs/demo/results.json   # rewrite results.md and the PNGs from the JSON
+    python -m eval.demo_report --results runs/s0/results.json runs/s1/results.json --output_dir runs/demo
+                                                                  # seeds run separately, reported together
 """
 
 from __future__ import annotations
@@ -107,21 +109,41 @@ def write_report(out, results: dict) -> dict[str, Path]:
     return paths
 
 
+def merge_results(parts: list[dict]) -> dict:
+    """One demo result from runs of other seeds made separately (e.g. side by side): their runs in order, stage
+    times and totals summed. The runs must share their settings."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part["settings"], part["quick"], part.get("ablations")) != (first["settings"], first["quick"],
+                                                                         first.get("ablations")):
+            raise ValueError("the results to merge were run with different settings (or --quick / --ablations)")
+    seconds: dict[str, float] = {}
+    for part in parts:
+        for name, value in part["stage_seconds"].items():
+            seconds[name] = round(seconds.get(name, 0.0) + value, 1)
+    runs = [run for part in parts for run in part["runs"]]
+    if len({run["seed"] for run in runs}) != len(runs):
+        raise ValueError(f"a seed appears twice among the results to merge: {[run['seed'] for run in runs]}")
+    return {**{k: v for k, v in first.items() if k != "table"}, "runs": runs, "stage_seconds": seconds,
+            "total_seconds": round(sum(part["total_seconds"] for part in parts), 1)}
+
+
 @dataclass
 class ReportArguments:
     """Options of `python -m eval.demo_report`."""
 
-    results: str = field(metadata={"help": "a demo's results.json; the report is rewritten beside it"})
+    results: list[str] = field(metadata={"help": "a demo's results.json (several: their seeds merged)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the report goes (default: beside the "
+                                                                   "first results.json)"})
 
 
 def main(argv=None) -> dict[str, Path]:
     from train.cli import parse
 
     (args,) = parse((ReportArguments,), "eval.demo_report", __doc__, argv)
-    path = Path(args.results)
-    results = json.loads(path.read_text(encoding="utf-8"))
-    results.pop("table", None)
-    paths = write_report(path.parent, results)
+    parts = [json.loads(Path(path).read_text(encoding="utf-8")) for path in args.results]
+    results = merge_results(parts)
+    paths = write_report(Path(args.output_dir or Path(args.results[0]).parent), results)
     print(paths["markdown"].read_text())
     return paths
 

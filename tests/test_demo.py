@@ -3,6 +3,7 @@ its report, and the report is rewritten from results.json alone."""
 
 import json
 
+import pytest
 from PIL import Image
 
 from eval.demo import HEADS, main
@@ -40,3 +41,33 @@ def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_pa
     (tmp_path / "noise.png").unlink()
     report(["--results", str(tmp_path / "results.json")])
     assert (tmp_path / "results.md").read_text() == table and (tmp_path / "noise.png").is_file()
+
+
+def test_results_of_seeds_run_separately_merge_into_one_report(tmp_path):
+    from eval.demo_report import merge_results
+
+    def part(seed, value):
+        return {"settings": {"num_train": 1}, "quick": True, "ablations": False, "machine": "m",
+                "runs": [{"seed": seed, "scores": {"No ECR": {t: value for t in tasks}},
+                          "student_answer_accuracy": {"full": {t: value for t in tasks}}}],
+                "stage_seconds": {"student SFT": 10.0}, "total_seconds": 12.0}
+
+    from eval.tasks import all_tasks
+
+    tasks = list(all_tasks("synthetic"))
+    for seed, value in ((0, 0.2), (1, 0.4)):
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(part(seed, value)))
+    report(["--results", str(tmp_path / "s0" / "results.json"), str(tmp_path / "s1" / "results.json"),
+            "--output_dir", str(tmp_path / "all")])
+    merged = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert [run["seed"] for run in merged["runs"]] == [0, 1]
+    assert abs(merged["table"]["No ECR"]["Overall"] - 0.3) < 1e-9
+    assert merged["stage_seconds"] == {"student SFT": 20.0} and merged["total_seconds"] == 24.0
+    other = part(2, 0.1)
+    other["settings"] = {"num_train": 2}
+    with pytest.raises(ValueError, match="different settings"):
+        merge_results([part(0, 0.2), other])
+    with pytest.raises(ValueError, match="appears twice"):
+        merge_results([part(0, 0.2), part(0, 0.3)])
