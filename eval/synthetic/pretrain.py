@@ -3,9 +3,10 @@
 The paper's reasoners and embedders start from a pretrained VLM that can already see; the demo's random tiny
 backbone cannot. Before any task training, every model of the demo starts from the same backbone trained to caption
 scenes (`top left: red over green. top right: ...`), as a VLM's first, alignment stage does. The caption is only
-perception: it follows no link, counts nothing and edits nothing, which the tasks teach. Measured on the tiny
-backbone (DEMO-FINDINGS): single look-up questions stayed at chance for 2,000 steps, while the dense caption, one
-supervised colour per card half, was learnt in about 400.
+perception: it follows no link, counts nothing and edits nothing, which the tasks teach. Measured on the 2-layer
+backbone (README, "What was tried"): single look-up questions ("which colour does red link to?") stayed at chance
+for 1,000 steps, while the dense caption (a supervised colour for every card half) reached 54% of its colour words
+right in 600 steps, and the student distilled from it then followed the links of Syn-Links on every test query.
 """
 
 from __future__ import annotations
