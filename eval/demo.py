@@ -53,7 +53,8 @@ class DemoSettings:
     embed_steps: int = 200
     embed_batch: int = 32
     embed_lr: float = 1e-3
-    head_lr: float = 3e-3  # heads start from scratch on frozen features
+    head_steps: int = 500  # 200 left every head far from converged; at 3e-3 the longer runs fell apart
+    head_lr: float = 1e-3
     joint_sft_weight: float = 1.0  # --ablations: weight of the ECR language-model loss in joint training
     temperature: float = 0.05
     max_new_tokens: int = 96
@@ -73,7 +74,7 @@ class DemoArguments:
 
 
 QUICK = dict(num_train=48, num_test=12, pretrain_rows=32, pretrain_steps=4, sft_steps=6, sft_batch=8, embed_steps=4,
-             embed_batch=8, max_new_tokens=24)
+             head_steps=4, embed_batch=8, max_new_tokens=24)
 
 
 class Stages:
@@ -180,7 +181,8 @@ def train_embedder(model: Path, data: Path, out: Path, s: DemoSettings, seed: in
             "--datasets", *[json.dumps({"name": d["name"], "path": d["path"]}) for d in training_datasets(data)],
             "--image_root", str(data / "train"),
             "--ecr_store", str(data / "ecr-teacher"), "--output_dir", str(out), "--use_cpu", "true",
-            "--per_device_train_batch_size", str(s.embed_batch), "--max_steps", str(s.embed_steps),
+            "--per_device_train_batch_size", str(s.embed_batch),
+            "--max_steps", str(s.head_steps if mode == "unified" else s.embed_steps),
             "--learning_rate", str(s.head_lr if mode == "unified" else s.embed_lr),
             "--loss_temperature", str(s.temperature),
             "--warmup_steps", "0.05", "--lr_scheduler_type", "cosine", "--homogeneous_batches", "true",
