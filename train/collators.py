@@ -51,6 +51,11 @@ class TTEContrastiveCollator:
             ECR from the store.
         on_missing_ecr (`str`, *optional*, defaults to `"error"`): `"error"` raises a `ValueError` naming the row
             and side; `"no_ecr"` embeds that side without ECR, counts it in `missing_ecr` and logs a warning.
+        ecr_dropout (`float`, *optional*, defaults to 0): the fraction of sides (each side of each row decided on its
+            own) embedded without their ECR, so one embedder learns to embed with and without thinking. The choice
+            is a seeded hash of `(ecr_dropout_seed, dataset, row_id, side)`: the same in every dataloader worker
+            and every rank, and the same rows in every epoch.
+        ecr_dropout_seed (`int`, *optional*, defaults to 0): the seed of that choice.
         ecr_token_counts (`bool`, *optional*, defaults to `False`): also return `"ecr_lengths"`, per side the number
             of tokens each row's ECR (and its end-of-turn token) takes at the end of its input, 0 without ECR: what
             joint training (`TTEContrastiveConfig.sft_loss_weight`) computes its language-model loss on.
@@ -65,12 +70,16 @@ class TTEContrastiveCollator:
     ecr_store: ECRStore | str | os.PathLike | None = None
     ecr_sides: tuple[str, ...] = ("query", "target", "negative")
     on_missing_ecr: str = "error"
+    ecr_dropout: float = 0.0
+    ecr_dropout_seed: int = 0
     ecr_token_counts: bool = False
     missing_ecr: int = field(default=0, init=False)
 
     def __post_init__(self):
         if self.on_missing_ecr not in MISSING_ECR_POLICIES:
             raise ValueError(f"on_missing_ecr must be one of {list(MISSING_ECR_POLICIES)}, got {self.on_missing_ecr!r}")
+        if isinstance(self.ecr_dropout, bool) or not 0 <= self.ecr_dropout <= 1:
+            raise ValueError(f"ecr_dropout must be a fraction between 0 and 1, got {self.ecr_dropout!r}")
         unknown = set(self.ecr_sides) - set(BATCH_SIDES)
         if unknown:
             raise ValueError(f"ecr_sides must be among {list(BATCH_SIDES)}, got {sorted(unknown)}")
@@ -81,6 +90,8 @@ class TTEContrastiveCollator:
 
     def _ecr(self, row: Mapping, side: str, index: int) -> str | None:
         prefix, store_side, suffix = BATCH_SIDES[side]
+        if self.ecr_dropout and self._dropped(row, side):
+            return None
         own = row.get(f"{prefix}_ecr")
         if own:
             return own
@@ -100,6 +111,11 @@ class TTEContrastiveCollator:
         self.missing_ecr += 1
         logger.warning(f"{message}; embedding it without ECR ({self.missing_ecr} missing so far)")
         return None
+
+    def _dropped(self, row: Mapping, side: str) -> bool:
+        """Whether this side of `row` is embedded without its ECR (`ecr_dropout`)."""
+        key = f"{self.ecr_dropout_seed}\0{row['dataset']}\0{row['row_id']}\0{side}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") < self.ecr_dropout * 2 ** 64
 
     def _side_row(self, row: Mapping, side: str, index: int) -> dict | None:
         prefix = BATCH_SIDES[side][0]

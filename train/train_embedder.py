@@ -80,6 +80,8 @@ class DataArguments:
     image_root: str | None = field(default=None, metadata={"help": "Folder that image paths are relative to."})
     ecr_store: str | None = field(default=None, metadata={"help": "ECR store folder (None: no ECR lookups)."})
     on_missing_ecr: str = field(default="error", metadata={"help": "'error' or 'no_ecr' (warn, count)."})
+    ecr_dropout: float = field(default=0.0, metadata={
+        "help": "Fraction of sides embedded without their ECR (one model for thinking and not thinking)."})
 
     def __post_init__(self):
         if isinstance(self.datasets, (str, dict)):  # one recipe file or mapping given in the YAML
@@ -193,6 +195,7 @@ def main(argv=None) -> TTEContrastiveTrainer:
         train_dataset = load_mmeb_train(specs, image_root=data_args.image_root, seed=seed)
     collator = TTEContrastiveCollator(processor, ecr_store=data_args.ecr_store,
                                       on_missing_ecr=data_args.on_missing_ecr,
+                                      ecr_dropout=data_args.ecr_dropout, ecr_dropout_seed=training_args.seed,
                                       ecr_token_counts=training_args.sft_loss_weight > 0)
     trainer = TTEContrastiveTrainer(model=model, args=training_args, train_dataset=train_dataset,
                                     data_collator=collator, processing_class=processor)
