@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from processing_tte import parse_ecr
 from train.ecr_store import ECRStore
 from train.generate_ecr import ECRRequest, LocalBackend, build_requests, main, run_generation
 from train.mmeb_data import MMEBDatasetConfig, load_mmeb_pairs
@@ -237,3 +239,26 @@ def test_media_tokens_a_model_generates_are_removed_from_the_trace(tiny_qwen2_vl
         text = backend._text(tokens["input_ids"])
     assert text == "<think>red</think> Answer: red"
     assert "media tokens" in caplog.text
+
+
+def test_a_thinking_budget_caps_the_trace_and_a_forced_answer_keeps_it_parsable(tiny_qwen2_vl):
+    from eval.synthetic.scenes import random_scene
+
+    scenes = [random_scene(random.Random(i)) for i in range(6)]
+    requests = [ECRRequest("toy", str(i), "query", {"image": s.render(), "text": "Which colour?"}, "vqa")
+                for i, s in enumerate(scenes)]
+    outputs = {}
+    for force in (0, 5):
+        backend = LocalBackend(tiny_qwen2_vl, max_new_tokens=6, force_answer_tokens=force)
+        backend.check()
+        outputs[force] = backend.generate(requests)
+    assert all(o.num_tokens <= 6 for o in outputs[0])
+    cut = [i for i, o in enumerate(outputs[0]) if parse_ecr(o.text).answer is None]
+    assert cut, "the random tiny model should run into the budget without an answer"
+    for i, (plain, forced) in enumerate(zip(outputs[0], outputs[5], strict=True)):
+        if i in cut:
+            assert forced.text.startswith(plain.text) and "Answer:" in forced.text[len(plain.text):]
+            assert parse_ecr(forced.text).answer and 6 < forced.num_tokens <= 6 + 4 + 5
+        else:
+            assert forced.text == plain.text
+    assert LocalBackend(tiny_qwen2_vl, force_answer_tokens=5).identity != LocalBackend(tiny_qwen2_vl).identity

@@ -215,6 +215,8 @@ class GenerateECRArguments:
     num_workers: int = field(default=0, metadata={
         "help": "DataLoader worker processes that build and process prompts (local backend); 0: main process"})
     max_new_tokens: int = field(default=512, metadata={"help": "longest ECR in tokens"})
+    force_answer_tokens: int = field(default=0, metadata={
+        "help": "local backend: a trace cut at max_new_tokens gets '</think> Answer:' and this many more tokens"})
     do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (with do_sample)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (with do_sample)"})
@@ -272,7 +274,8 @@ def make_backend(args: GenerateECRArguments, device: str | None = None) -> Reaso
                         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
                         top_p=args.top_p, top_k=args.top_k,
                         seed=args.seed, device=device, dtype=args.dtype, batch_size=args.batch_size,
-                        num_workers=args.num_workers, prompts=args.prompts)
+                        num_workers=args.num_workers, prompts=args.prompts,
+                        force_answer_tokens=args.force_answer_tokens)
 
 
 def write_failures(store: ECRStore, failures: list[tuple[tuple[str, str, str], str]]) -> Path:

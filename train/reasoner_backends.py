@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from processing_tte import TASK_TYPES, PromptRegistry, TTEProcessor, as_registry
+from processing_tte import TASK_TYPES, PromptRegistry, TTEProcessor, as_registry, parse_ecr
 from prompts_tte import REGISTRY_FILE
 from train.batching import length_sorted_batches, map_chunks, pad_features
 from train.ecr_store import content_hash, ecr_key, prompt_hash, short_hash
@@ -163,7 +163,10 @@ class LocalBackend(ReasonerBackend):
         prompts (`PromptRegistry` or `str`, *optional*): what the reasoner is asked (a registry YAML file is read
             over the shipped one); defaults to the processor's registry, or the shipped one.
         name (`str`, *optional*): the reasoner's name in the records (defaults to the checkpoint path).
-        max_new_tokens (`int`, *optional*, defaults to 512): longest ECR.
+        max_new_tokens (`int`, *optional*, defaults to 512): longest ECR: the thinking budget.
+        force_answer_tokens (`int`, *optional*, defaults to 0): when a trace reaches `max_new_tokens` without an
+            `Answer:` line, close it (`</think> Answer:`) and generate at most this many more tokens, so a budgeted
+            ECR still ends with an answer (0: traces are cut at the budget as they are).
         do_sample (`bool`, *optional*, defaults to `False`): greedy unless `True`; then `temperature`, `top_p`,
             `top_k` and `seed` apply.
         device (`str`, *optional*): where to run (defaults to CUDA when available); dtype (`str`, defaults `"auto"`).
@@ -178,7 +181,7 @@ class LocalBackend(ReasonerBackend):
                  max_new_tokens: int = 512, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int | None = None, seed: int = 0, device: str | None = None, dtype: str = "auto",
                  batch_size: int | None = None, num_workers: int = 0, multiprocessing_context: str | None = None,
-                 prompts: PromptRegistry | str | None = None):
+                 prompts: PromptRegistry | str | None = None, force_answer_tokens: int = 0):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -195,12 +198,16 @@ class LocalBackend(ReasonerBackend):
         if do_sample:
             self.sampling.update(temperature=temperature, top_p=top_p, top_k=top_k)
         self.seed, self.device, self.dtype, self.batch_size = seed, device, dtype, batch_size
+        self.force_answer_tokens = force_answer_tokens
         self.generated_rows = 0  # rows the model actually generated for (a finished job re-run adds none)
 
     @property
     def identity(self) -> str:
         seed = self.seed if self.sampling["do_sample"] else None
-        return short_hash({"name": self.name, "model": self.model_path, "sampling": self.sampling, "seed": seed})
+        settings = {"name": self.name, "model": self.model_path, "sampling": self.sampling, "seed": seed}
+        if self.force_answer_tokens:
+            settings["force_answer_tokens"] = self.force_answer_tokens
+        return short_hash(settings)
 
     def check(self) -> None:
         import torch
@@ -263,8 +270,33 @@ class LocalBackend(ReasonerBackend):
                 end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id),
                            len(new))
                 results[index] = (self._text(new[:end]), end)
+                if self.force_answer_tokens and end == len(new) and parse_ecr(results[index][0]).answer is None:
+                    results[index] = self._force_answer(features[index], new)
         self.generated_rows += len(features)
         return results
+
+    def _force_answer(self, feature, generated: list[int]) -> tuple[str, int]:
+        """Close a trace cut at the budget with `</think> Answer:` and let the model write the answer (at least
+        one token, at most `force_answer_tokens`)."""
+        import torch
+
+        text = self.processor.tokenizer.decode(generated, skip_special_tokens=False)
+        suffix = (" </think>" if "<think>" in text and "</think>" not in text else "") + " Answer:"
+        added = generated + self.processor.tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        length = feature["input_ids"].shape[1]
+        inputs = {key: torch.cat([value, value.new_tensor([added]) if key == "input_ids" else
+                                  value.new_ones((1, len(added))) if key == "attention_mask" else
+                                  value.new_zeros((1, len(added)))], dim=1)
+                  if torch.is_tensor(value) and value.shape == (1, length) else value
+                  for key, value in feature.items()}
+        inputs = {key: value.to(self.model.device) if torch.is_tensor(value) else value
+                  for key, value in inputs.items()}
+        sampling = {**self.sampling, "max_new_tokens": self.force_answer_tokens, "min_new_tokens": 1}
+        with torch.inference_mode():
+            sequence = self.model.generate(**inputs, **sampling, eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+        answer = sequence[0, inputs["input_ids"].shape[1]:].tolist()
+        end = next((i for i, token in enumerate(answer) if token in self.stop_ids or token == self.pad_id), len(answer))
+        return self._text(added + answer[:end]), len(added) + end
 
     def _text(self, tokens: list[int]) -> str:
         """The decoded trace without media tokens (a weak model can emit `<|image_pad|>`, which no embedder input
