@@ -1,14 +1,16 @@
 """The main job: an offline, end-to-end Think-Then-Embed run that reproduces the paper's ablations in miniature.
 
-    python -m eval.demo --output_dir runs/demo            # default run (about 15 minutes on a 2-core CPU)
-    python -m eval.demo --output_dir runs/demo-quick --quick   # about 25 seconds
+    python -m eval.demo --output_dir runs/demo            # default run (about 21 minutes on a 2-core CPU)
+    python -m eval.demo --output_dir runs/demo-quick --quick   # about 40 seconds
     python -m eval.demo --output_dir runs/demo-seeds --seeds 0 1 2   # mean over seeds
+    python -m eval.demo --output_dir runs/demo --ablations        # + joint training, ECR noise, head layers (25 min)
 
 Every stage goes through the project's real code paths: a tiny Qwen2-VL written offline, the synthetic colour-card
-benchmark (eval/synthetic) with its oracle teacher's ECR in an ECR store, student reasoners distilled with TRL's
+benchmark (eval/synthetic) with its oracle teacher's ECR in an ECR store, a shared perception pretraining stage
+(eval/synthetic/pretrain.py), student reasoners distilled with TRL's
 `SFTTrainer` (train.distill_reasoner), student ECR written by the harness's generation seam (train.generate_ecr),
 embedders and unified heads trained with the contrastive Trainer (train.train_embedder), and every variant scored
-by the MMEB harness (eval.harness). Writes `results.json`, `results.md` and `results.png` under `--output_dir`.
+by the MMEB harness (eval.harness). Writes `results.json`, `results.md` and `results.png` (and `noise.png` with `--ablations`) under `--output_dir`.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class DemoArguments:
 
     output_dir: str = field(default="runs/demo", metadata={"help": "folder of the run and its report"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds to run (the report: their mean)"})
-    quick: bool = field(default=False, metadata={"help": "a smoke run of every stage (about 25 seconds on 2 cores)"})
+    quick: bool = field(default=False, metadata={"help": "a smoke run of every stage (about 40 seconds on 2 cores)"})
     ablations: bool = field(default=False, metadata={
         "help": "also joint training, the ECR-noise curve and the head-layer ablation (eval.demo_ablations)"})
 
