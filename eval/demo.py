@@ -7,10 +7,10 @@
 
 Every stage goes through the project's real code paths: a tiny Qwen2-VL written offline, the synthetic colour-card
 benchmark (eval/synthetic) with its oracle teacher's ECR in an ECR store, a shared perception pretraining stage
-(eval/synthetic/pretrain.py), student reasoners distilled with TRL's
-`SFTTrainer` (train.distill_reasoner), student ECR written by the harness's generation seam (train.generate_ecr),
-embedders and unified heads trained with the contrastive Trainer (train.train_embedder), and every variant scored
-by the MMEB harness (eval.harness). Writes `results.json`, `results.md` and `results.png` (and `noise.png` with `--ablations`) under `--output_dir`.
+(eval/synthetic/pretrain.py), student reasoners distilled with TRL's `SFTTrainer` (train.distill_reasoner),
+student ECR written by the harness's generation seam (train.generate_ecr), embedders and unified heads trained
+with the contrastive Trainer (train.train_embedder), and every variant scored by the MMEB harness (eval.harness).
+Writes `results.json`, `results.md` and `results.png` (and `noise.png` with `--ablations`) under `--output_dir`.
 """
 
 from __future__ import annotations
