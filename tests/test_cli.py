@@ -33,7 +33,7 @@ def _arguments(module: str) -> tuple:
         return DistillArguments, SFTConfig, ModelConfig
     names = {"train.generate_ecr": "GenerateECRArguments", "train.tiny_backbone": "TinyBackboneArguments",
              "train.data": "ToyArguments", "eval.run_mmeb": "RunMMEBArguments", "eval.demo": "DemoArguments",
-             "eval.demo_report": "ReportArguments",
+             "eval.demo_report": "ReportArguments", "eval.bench_thinking": "BenchThinkingArguments",
              "eval.quickstart": "QuickstartArguments", "eval.synthetic.write": "SyntheticArguments",
              "eval.bench_encoder": "BenchEncoderArguments", "eval.bench_speed": "BenchSpeedArguments",
              "eval.bench_scale": "BenchScaleArguments", "eval.bench_gradcache_memory": "BenchGradCacheArguments",
@@ -47,6 +47,7 @@ CLIS = {"train.train_embedder": [], "train.distill_reasoner": ["--use_cpu", "tru
         "eval.quickstart": [], "eval.synthetic.write": [], "eval.bench_encoder": [], "eval.bench_speed": [],
         "eval.bench_scale": [], "eval.bench_gradcache_memory": [],
         "eval.bench_gpu": [], "eval.demo_report": ["--results", "runs/demo/results.json"],
+        "eval.bench_thinking": ["--run_dir", "runs/demo/seed0"],
         }  # module -> the options it needs besides the shared ones
 
 

@@ -42,6 +42,19 @@ def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_pa
     report(["--results", str(tmp_path / "results.json")])
     assert (tmp_path / "results.md").read_text() == table and (tmp_path / "noise.png").is_file()
 
+    # the thinking-budget curve on the same run: budget 0 is the full-ECR embedder without ECR, a cut trace stays
+    # within its budget, a forced one ends with an answer
+    from eval.bench_thinking import main as bench_thinking
+
+    rows = bench_thinking(["--run_dir", str(tmp_path / "seed0"), "--output_dir", str(tmp_path / "thinking"),
+                           "--budgets", "0", "3", "--force_answer_tokens", "4"])
+    assert [(r["budget"], r["style"]) for r in rows] == [(0, "none"), (3, "cut"), (3, "forced")]
+    cut, forced = rows[1], rows[2]
+    assert cut["tokens"] <= 3 < forced["tokens"] <= 3 + 4 + 4
+    saved = json.loads((tmp_path / "thinking" / "thinking.json").read_text())
+    assert set(saved["rows"][0]["scores"]) == set(saved["no_ecr_embedder"])
+    assert (tmp_path / "thinking" / "thinking.png").is_file()
+
 
 def test_results_of_seeds_run_separately_merge_into_one_report(tmp_path):
     from eval.demo_report import merge_results
