@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import mean
 
-from PIL import Image, ImageDraw
+from eval.demo_report import plot_axes
 
 
 @dataclass
@@ -61,12 +61,8 @@ def measure(run: Path, out: Path, budget: int, style: str, force_tokens: int, to
 
 def curve(path: Path, rows: list[dict], baseline: float, width: int = 640, height: int = 400) -> None:
     """Overall Hit@1 against mean tokens per trace, one line per style, the no-ECR embedder dashed."""
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 60, width - 30, 40, height - 50
-    draw.text((10, 10), "TTE_s overall Hit@1 (%) vs mean ECR tokens per trace", fill="black")
-    draw.line([left, bottom, right, bottom], fill="black")
-    draw.line([left, top, left, bottom], fill="black")
+    image, draw, (left, right, top, bottom) = plot_axes(width, height,
+                                                        "TTE_s overall Hit@1 (%) vs mean ECR tokens per trace")
     most = max([r["tokens"] for r in rows] + [1.0])
     y_base = bottom - (bottom - top) * baseline
     draw.line([left, y_base, right, y_base], fill="#7f7f7f")

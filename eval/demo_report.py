@@ -72,6 +72,17 @@ def chart(path: Path, table: dict, width: int = 1000) -> None:
     image.save(path)
 
 
+def plot_axes(width: int, height: int, title: str):
+    """A white chart with its title and x/y axes: `(image, draw, (left, right, top, bottom))` of the plot area."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    box = left, right, top, bottom = 60, width - 30, 40, height - 50
+    draw.text((10, 10), title, fill="black")
+    draw.line([left, bottom, right, bottom], fill="black")
+    draw.line([left, top, left, bottom], fill="black")
+    return image, draw, box
+
+
 def noise_curve(path: Path, table: dict, width: int = 640, height: int = 400) -> bool:
     """Overall Hit@1 of the TTE_t embedder against the rate of wrong answers in its ECR (the ablations' rows);
     returns whether there was a curve to draw."""
@@ -80,12 +91,8 @@ def noise_curve(path: Path, table: dict, width: int = 640, height: int = 400) ->
     points = [(rate, table[noise_variant(rate)]["Overall"]) for rate in NOISE_RATES if noise_variant(rate) in table]
     if not points:
         return False
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 60, width - 30, 40, height - 50
-    draw.text((10, 10), "TTE_t embedder: overall Hit@1 (%) vs wrong answers in the ECR", fill="black")
-    draw.line([left, bottom, right, bottom], fill="black")
-    draw.line([left, top, left, bottom], fill="black")
+    image, draw, (left, right, top, bottom) = plot_axes(
+        width, height, "TTE_t embedder: overall Hit@1 (%) vs wrong answers in the ECR")
     xy = [(left + (right - left) * rate, bottom - (bottom - top) * score) for rate, score in points]
     draw.line(xy, fill="#d62728", width=2)
     for (rate, score), (x, y) in zip(points, xy, strict=True):

@@ -267,20 +267,23 @@ class LocalBackend(ReasonerBackend):
                 sequences = self.model.generate(**inputs, **self.sampling, eos_token_id=self.stop_ids,
                                                 pad_token_id=self.pad_id)
             for index, new in zip(indices, sequences[:, inputs["input_ids"].shape[1]:].tolist(), strict=True):
-                end = next((i for i, token in enumerate(new) if token in self.stop_ids or token == self.pad_id),
-                           len(new))
+                end = self._stop(new)
                 results[index] = (self._text(new[:end]), end)
                 if self.force_answer_tokens and end == len(new) and parse_ecr(results[index][0]).answer is None:
-                    results[index] = self._force_answer(features[index], new)
+                    results[index] = self._force_answer(features[index], new, results[index][0])
         self.generated_rows += len(features)
         return results
 
-    def _force_answer(self, feature, generated: list[int]) -> tuple[str, int]:
-        """Close a trace cut at the budget with `</think> Answer:` and let the model write the answer (at least
-        one token, at most `force_answer_tokens`)."""
+    def _stop(self, tokens: list[int]) -> int:
+        """The length of a generation up to its first end-of-turn or pad token."""
+        return next((i for i, token in enumerate(tokens) if token in self.stop_ids or token == self.pad_id),
+                    len(tokens))
+
+    def _force_answer(self, feature, generated: list[int], text: str) -> tuple[str, int]:
+        """Close a trace (`generated`, decoded as `text`) cut at the budget with `</think> Answer:` and let the model
+        write the answer (at least one token, at most `force_answer_tokens`)."""
         import torch
 
-        text = self.processor.tokenizer.decode(generated, skip_special_tokens=False)
         suffix = (" </think>" if "<think>" in text and "</think>" not in text else "") + " Answer:"
         added = generated + self.processor.tokenizer(suffix, add_special_tokens=False)["input_ids"]
         length = feature["input_ids"].shape[1]
@@ -295,7 +298,7 @@ class LocalBackend(ReasonerBackend):
         with torch.inference_mode():
             sequence = self.model.generate(**inputs, **sampling, eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
         answer = sequence[0, inputs["input_ids"].shape[1]:].tolist()
-        end = next((i for i, token in enumerate(answer) if token in self.stop_ids or token == self.pad_id), len(answer))
+        end = self._stop(answer)
         return self._text(added + answer[:end]), len(added) + end
 
     def _text(self, tokens: list[int]) -> str:
