@@ -78,18 +78,23 @@ def vision_tower(model) -> tuple[str, object]:
     raise ValueError(f"{type(model).__name__} has no vision tower named one of {list(VISION_TOWER_NAMES)}")
 
 
-def _example(processor: TTEProcessor, pair: MMEBPair, side: str, task_type: str, ecr: str) -> dict:
-    """One prompt-completion example; the prompt is the generation prompt of the row's dataset and side (never the
-    teacher's hint), the completion the ECR."""
+def prompt_example(processor: TTEProcessor, pair: MMEBPair, side: str, task_type: str) -> dict:
+    """The TRL prompt of one row's side: the generation prompt of its dataset and side (never the teacher's hint),
+    with its image (`prompt` and `images` columns, as TRL's trainers read them)."""
     row, where = getattr(pair, side), f"{pair.dataset}/{pair.row_id}/{side}"
     if row.get("video") is not None:
-        raise ValueError(f"{where}: video rows are not supported by reasoner distillation (TRL collates images only)")
+        raise ValueError(f"{where}: video rows are not supported by reasoner distillation or RL (TRL collates images "
+                         f"only)")
     messages, _ = processor.reasoner_messages(row, task_type, side, where=where, dataset=pair.dataset)
     content = [{"type": part["type"], "text": part.get("text")} for part in messages[0]["content"]]
     image = row.get("image")
-    return {"prompt": [{"role": "user", "content": content}],
-            "completion": [{"role": "assistant", "content": [{"type": "text", "text": ecr}]}],
-            "images": [image] if image is not None else []}
+    return {"prompt": [{"role": "user", "content": content}], "images": [image] if image is not None else []}
+
+
+def _example(processor: TTEProcessor, pair: MMEBPair, side: str, task_type: str, ecr: str) -> dict:
+    """One prompt-completion example: `prompt_example` and, as completion, the ECR."""
+    return {**prompt_example(processor, pair, side, task_type),
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": ecr}]}]}
 
 
 def distillation_dataset(args: DistillArguments, processor: TTEProcessor):
@@ -112,7 +117,7 @@ def distillation_dataset(args: DistillArguments, processor: TTEProcessor):
     return Dataset.from_list(examples).cast_column("images", Sequence(Image()))
 
 
-def _peft_config(model_args, model, freeze_vision: bool):
+def peft_config_for(model_args, model, freeze_vision: bool):
     from trl import get_peft_config
 
     peft_config = get_peft_config(model_args)
@@ -147,7 +152,7 @@ def build_trainer(args: DistillArguments, training_args, model_args):
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     dataset = distillation_dataset(args, TTEProcessor.from_backbone(model_args.model_name_or_path,
                                                                     prompts=args.prompts))
-    peft_config = _peft_config(model_args, model, args.freeze_vision_tower)
+    peft_config = peft_config_for(model_args, model, args.freeze_vision_tower)
     if args.freeze_vision_tower and peft_config is None:
         vision_tower(model)[1].requires_grad_(False)
     return SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor,

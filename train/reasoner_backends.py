@@ -302,17 +302,25 @@ class LocalBackend(ReasonerBackend):
         return self._text(added + answer[:end]), len(added) + end
 
     def _text(self, tokens: list[int]) -> str:
-        """The decoded trace without media tokens (a weak model can emit `<|image_pad|>`, which no embedder input
-        may hold as text); a warning says when that happened."""
-        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=False)
-        for token in self.processor.media_tokens():
-            if token in text:
-                if not getattr(self, "_warned_media", False):
-                    logger.warning(f"{self.name}: generated media tokens such as {token!r}; they are removed from "
-                                   f"the trace")
-                    self._warned_media = True
-                text = text.replace(token, "")
-        return text.strip()
+        """The decoded trace (`trace_text`); a warning says when media tokens were removed from it."""
+        text, had_media = trace_text(self.processor, tokens)
+        if had_media and not getattr(self, "_warned_media", False):
+            logger.warning(f"{self.name}: generated media tokens such as <|image_pad|>; they are removed from the "
+                           f"trace")
+            self._warned_media = True
+        return text
+
+
+def trace_text(processor, tokens: list[int]) -> tuple[str, bool]:
+    """Generated tokens as the ECR text stored for them: decoded with special tokens kept (`<think>` is one in some
+    tokenizers) but without media tokens (a weak model can emit `<|image_pad|>`, which no embedder input may hold as
+    text), stripped; and whether any media token was removed."""
+    text, had_media = processor.tokenizer.decode(tokens, skip_special_tokens=False), False
+    for token in processor.media_tokens():
+        if token in text:
+            text, had_media = text.replace(token, ""), True
+    return text.strip(), had_media
+
 
 # --------------------------------------------------------------------------------------------- OpenAI-compatible
 def _data_url(image) -> str:

@@ -101,11 +101,14 @@ def parse_args(argv=None) -> tuple[ModelArguments, DataArguments, TTEContrastive
     return model_args, data_args, training_args, read_datasets(data_args.datasets)
 
 
-def build_model(args: ModelArguments):
-    """The `TTEForEmbedding` to train (not yet wrapped for LoRA)."""
+def build_model(args: ModelArguments, loss_temperature: float | None = None):
+    """The `TTEForEmbedding` to train (not yet wrapped for LoRA); its config states `loss_temperature`, the
+    temperature it is trained at, when given."""
     backbone_kwargs = {k: getattr(args, k) for k in ("dtype", "attn_implementation") if getattr(args, k)}
     tte_kwargs = {"mode": args.mode, "head_type": args.head_type, "num_head_layers": args.num_head_layers,
                   "head_layer": args.head_layer, "max_ecr_tokens": args.max_ecr_tokens}
+    if loss_temperature:
+        tte_kwargs["loss_temperature"] = loss_temperature
     return TTEForEmbedding.from_backbone(args.model_name_or_path, **tte_kwargs, **backbone_kwargs)
 
 
@@ -123,7 +126,7 @@ def save_lora_base(trainer: TTEContrastiveTrainer, processor, model_args: ModelA
     base = (Path(args.output_dir) / "lora_base").resolve()
     with args.main_process_first(desc="saving the LoRA base model"):
         if args.should_save:
-            build_model(model_args).save_pretrained(base)
+            build_model(model_args, args.loss_temperature).save_pretrained(base)
             processor.save_pretrained(base)
     trainer.model.get_base_model().name_or_path = str(base)
     return base
@@ -173,7 +176,8 @@ def export_final(trainer: TTEContrastiveTrainer, processor, model_args: ModelArg
     else:
         trainer.save_model(str(output_dir / "lora_adapter"))
         if trainer.is_world_process_zero():
-            merged = PeftModel.from_pretrained(build_model(model_args), str(output_dir / "lora_adapter"))
+            merged = PeftModel.from_pretrained(build_model(model_args, args.loss_temperature),
+                                               str(output_dir / "lora_adapter"))
             _, files = save_tte_checkpoint(merged, processor, output_dir, card=card)
     trainer.accelerator.wait_for_everyone()
     if args.push_to_hub and trainer.is_world_process_zero():
@@ -187,7 +191,8 @@ def main(argv=None) -> TTEContrastiveTrainer:
     set_seed(training_args.seed)
     processor = TTEProcessor.from_backbone(model_args.model_name_or_path, ecr_mode=model_args.ecr_mode,
                                            max_ecr_tokens=model_args.max_ecr_tokens)
-    model = prepare_model_for_training(build_model(model_args), model_args.tuning, lora_r=model_args.lora_r,
+    model = build_model(model_args, training_args.loss_temperature)
+    model = prepare_model_for_training(model, model_args.tuning, lora_r=model_args.lora_r,
                                        lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                                        lora_target_modules=model_args.lora_target_modules)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
