@@ -4,6 +4,7 @@
     python -m eval.demo --output_dir runs/demo-quick --quick   # about 40 seconds
     python -m eval.demo --output_dir runs/demo-seeds --seeds 0 1 2   # mean over seeds
     python -m eval.demo --output_dir runs/demo --ablations        # + joint training, ECR noise, head layers (25 min)
+    python -m eval.demo --output_dir runs/demo --rl               # + the student trained further with GRPO
 
 Every stage goes through the project's real code paths: a tiny Qwen2-VL written offline, the synthetic colour-card
 benchmark (eval/synthetic) with its oracle teacher's ECR in an ECR store, a shared perception pretraining stage
@@ -57,6 +58,12 @@ class DemoSettings:
     embed_lr: float = 1e-3
     head_steps: int = 500  # 200 left every head far from converged; at 3e-3 the longer runs fell apart
     head_lr: float = 1e-3
+    rl_steps: int = 150  # --rl: GRPO steps on the SFT student
+    rl_batch: int = 32  # completions per step (rl_batch / rl_generations prompts)
+    rl_generations: int = 8
+    rl_lr: float = 5e-5
+    rl_beta: float = 0.0
+    rl_sides: tuple[str, ...] = ("query",)
     joint_sft_weight: float = 1.0  # --ablations: weight of the ECR language-model loss in joint training
     temperature: float = 0.05
     max_new_tokens: int = 96
@@ -73,10 +80,12 @@ class DemoArguments:
     quick: bool = field(default=False, metadata={"help": "a smoke run of every stage (about 40 seconds on 2 cores)"})
     ablations: bool = field(default=False, metadata={
         "help": "also joint training, the ECR-noise curve and the head-layer ablation (eval.demo_ablations)"})
+    rl: bool = field(default=False, metadata={
+        "help": "also the SFT student trained further with GRPO, the embedder as its reward (eval.demo_rl)"})
 
 
 QUICK = dict(num_train=48, num_test=12, pretrain_rows=32, pretrain_steps=4, sft_steps=6, sft_batch=8, embed_steps=4,
-             head_steps=4, embed_batch=8, max_new_tokens=24)
+             head_steps=4, embed_batch=8, max_new_tokens=24, rl_steps=2, rl_batch=8, rl_generations=4)
 
 
 class Stages:
@@ -216,7 +225,7 @@ def variants(out: Path, data: Path, heads) -> list[tuple[str, Path, Path | None,
     return rows + [(f"TTE_u {head}", out / f"unified-{head}", out / "ecr-student", "full") for head in heads]
 
 
-def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False) -> dict:
+def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False, rl: bool = False) -> dict:
     """Every stage for one seed (a rerun skips finished stages' outputs); returns scores and student accuracy."""
     from train.tiny_backbone import write_tiny_backbone
 
@@ -250,7 +259,13 @@ def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False) -> 
 
         more, accuracy["joint"] = run_ablations(out, data, backbone, student, s, seed, stage)
         scores.update(more)
-    return {"seed": seed, "scores": scores, "student_answer_accuracy": accuracy}
+    result = {"seed": seed, "scores": scores, "student_answer_accuracy": accuracy}
+    if rl:
+        from eval.demo_rl import run_rl
+
+        more, accuracy["rl"], result["rl_reward"] = run_rl(out, data, student, s, seed, stage)
+        scores.update(more)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -264,10 +279,11 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)  # 2 threads on 2 shared cores was several times slower (DEMO-FINDINGS)
     settings = replace(DemoSettings(), **QUICK) if args.quick else DemoSettings()
     out, start = Path(args.output_dir), time.perf_counter()
-    runs = [run_seed(out / f"seed{seed}", seed, settings, args.ablations) for seed in args.seeds]
+    runs = [run_seed(out / f"seed{seed}", seed, settings, args.ablations, args.rl) for seed in args.seeds]
     results = {"settings": {k: v for k, v in asdict(settings).items() if k != "stage_seconds"},
-               "quick": args.quick, "ablations": args.ablations, "runs": runs, "stage_seconds": settings.stage_seconds,
-               "total_seconds": round(time.perf_counter() - start, 1), "machine": machine()}
+               "quick": args.quick, "ablations": args.ablations, "rl": args.rl, "runs": runs,
+               "stage_seconds": settings.stage_seconds, "total_seconds": round(time.perf_counter() - start, 1),
+               "machine": machine()}
     paths = write_report(out, results)
     print(paths["markdown"].read_text())
     return results

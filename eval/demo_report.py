@@ -1,6 +1,6 @@
 """The demo's report: per-task, per-category and overall Hit@1 of every variant (mean over seeds), the students'
 answer accuracy and the wall time of each stage, as JSON, markdown and PNG charts (with `--ablations`, also the
-ECR-noise curve).
+ECR-noise curve; with `--rl`, the GRPO reward curve).
 
     python -m eval.demo_report --results runs/demo/results.json   # rewrite results.md and the PNGs from the JSON
     python -m eval.demo_report --results runs/s0/results.json runs/s1/results.json --output_dir runs/demo
@@ -103,6 +103,27 @@ def noise_curve(path: Path, table: dict, width: int = 640, height: int = 400) ->
     return True
 
 
+def reward_chart(path: Path, runs: list[dict], width: int = 640, height: int = 400) -> bool:
+    """The mean GRPO reward per logging step of each seed's RL stage (`--rl`); returns whether there was one."""
+    curves = [(run["seed"], run["rl_reward"]) for run in runs if run.get("rl_reward")]
+    if not curves:
+        return False
+    image, draw, (left, right, top, bottom) = plot_axes(width, height, "GRPO: mean reward per logging step")
+    last = max(step for _, curve in curves for step, _ in curve)
+    high = max(1.0, max(reward for _, curve in curves for _, reward in curve))
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    for index, (seed, curve) in enumerate(curves):
+        colour = colours[index % len(colours)]
+        xy = [(left + (right - left) * step / last, bottom - (bottom - top) * reward / high) for step, reward in curve]
+        draw.line(xy, fill=colour, width=2) if len(xy) > 1 else draw.point(xy, fill=colour)
+        draw.text((right - 70, top + 14 * index), f"seed {seed}", fill=colour)
+    draw.text((left - 30, top - 6), f"{high:.2f}", fill="black")
+    draw.text((left - 12, bottom - 6), "0", fill="black")
+    draw.text((right - 40, bottom + 8), f"step {last}", fill="black")
+    image.save(path)
+    return True
+
+
 def write_report(out, results: dict) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,6 +134,8 @@ def write_report(out, results: dict) -> dict[str, Path]:
     chart(paths["chart"], table)
     if noise_curve(out / "noise.png", table):
         paths["noise"] = out / "noise.png"
+    if reward_chart(out / "rl_reward.png", results["runs"]):
+        paths["rl_reward"] = out / "rl_reward.png"
     return paths
 
 
@@ -121,9 +144,9 @@ def merge_results(parts: list[dict]) -> dict:
     times and totals summed. The runs must share their settings."""
     first = parts[0]
     for part in parts[1:]:
-        if (part["settings"], part["quick"], part.get("ablations")) != (first["settings"], first["quick"],
-                                                                         first.get("ablations")):
-            raise ValueError("the results to merge were run with different settings (or --quick / --ablations)")
+        flags = [(r["settings"], r["quick"], r.get("ablations"), r.get("rl")) for r in (part, first)]
+        if flags[0] != flags[1]:
+            raise ValueError("the results to merge were run with different settings (or --quick / --ablations / --rl)")
     seconds: dict[str, float] = {}
     for part in parts:
         for name, value in part["stage_seconds"].items():
