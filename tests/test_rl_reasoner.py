@@ -124,14 +124,17 @@ def test_grpo_moves_the_policy_not_the_vision_tower_nor_the_embedder(rl_setup, t
     from train.distill_reasoner import save_student, vision_tower
 
     args = RLArguments(embedder=str(rl_setup["embedder"]), ecr_store=str(rl_setup["store"]),
-                       datasets=rl_setup["datasets"], image_root=str(rl_setup["images"]), num_negatives=3)
+                       datasets=rl_setup["datasets"], image_root=str(rl_setup["images"]), num_negatives=3,
+                       sides=["query", "target"])
     trainer = build_trainer(args, grpo_config(tmp_path), ModelConfig(model_name_or_path=tiny_qwen2_vl,
                                                                      dtype="float32"))
-    assert len(trainer.train_dataset) == 24 and set(trainer.train_dataset["side"]) == {"query"}
+    assert len(trainer.train_dataset) == 48 and set(trainer.train_dataset["side"]) == {"query", "target"}
+    groups = trainer.train_dataset["batch_group"]  # cards queries have images, their targets do not
+    assert all(len(set(groups[k:k + 2])) == 1 for k in range(0, 48, 2))
     embedder = trainer.reward_funcs[0].encoder.model
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     frozen = {n: p.detach().clone() for n, p in embedder.named_parameters()}
-    trainer.train()  # image and text-only prompts in one run: each generation batch holds one dataset
+    trainer.train()  # image and text-only prompts in one run: each generation batch holds one dataset and side
     rewards = [entry["rewards/retrieval_probability/mean"] for entry in trainer.state.log_history
                if "rewards/retrieval_probability/mean" in entry]
     assert len(rewards) == 3

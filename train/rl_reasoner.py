@@ -64,9 +64,9 @@ class RLArguments:
         format_weight (`float`, defaults to 0.1): weight of the ECR-format reward (0: left out).
         length_budget (`int`, *optional*): completion tokens beyond which the length penalty applies.
         length_weight (`float`, defaults to 0.0): weight of the length penalty (needs `length_budget`).
-        homogeneous_batches (`bool`, defaults to `True`): every generation batch holds prompts of one dataset (so
-            in-batch negatives are of the row's dataset, and image and text-only prompts, which TRL cannot generate
-            in one batch, never meet); the prompts are ordered in seeded groups and TRL's shuffling is turned off.
+        homogeneous_batches (`bool`, defaults to `True`): every generation batch holds prompts of one dataset and
+            side (so in-batch negatives are of the row's dataset, and image and text-only prompts, which TRL cannot
+            generate in one batch, never meet); the prompts are ordered in seeded groups and TRL's shuffling is off.
         freeze_vision_tower (`bool`, defaults to `True`): keep the vision tower fixed.
         merge_lora (`bool`, defaults to `True`): with LoRA, save the merged weights.
         prompts (`str`, *optional*): reasoner prompt registry; default: the starting checkpoint's
@@ -140,7 +140,8 @@ def sampled_negatives(targets: list[dict | None], index: int, count: int, rng: r
 
 def rl_dataset(args: RLArguments, processor: TTEProcessor, seed: int = 0):
     """A `datasets.Dataset` of GRPO prompts (`prompt`, `images`) with the columns the retrieval reward reads
-    (`dataset`, `row_id`, `side`, and JSON `query`, `target`, `negatives`); rows whose fixed sides lack stored ECR
+    (`dataset`, `row_id`, `side`, and JSON `query`, `target`, `negatives`) and `batch_group` (dataset, side and
+    whether the prompt has an image: what a generation batch may not mix); rows whose fixed sides lack stored ECR
     are left out (counted in a warning)."""
     from datasets import Dataset, Image, Sequence
 
@@ -157,9 +158,11 @@ def rl_dataset(args: RLArguments, processor: TTEProcessor, seed: int = 0):
                     missing += 1
                     continue
                 query_row = query if query is not None else _json_row(pair.query, None, pair.dataset)
-                examples.append({**prompt_example(processor, pair, side, config.task_type), "dataset": pair.dataset,
-                                 "row_id": pair.row_id, "side": side, "query": json.dumps(query_row),
-                                 "target": json.dumps(target), "negatives": json.dumps(negatives)})
+                example = prompt_example(processor, pair, side, config.task_type)
+                group = f"{pair.dataset}/{side}/{'image' if example['images'] else 'text'}"
+                examples.append({**example, "dataset": pair.dataset, "row_id": pair.row_id, "side": side,
+                                 "batch_group": group, "query": json.dumps(query_row), "target": json.dumps(target),
+                                 "negatives": json.dumps(negatives)})
     if missing:
         logger.warning(f"{missing} row sides lack stored ECR (or negatives) in {args.ecr_store} and are left out")
     if not examples:
@@ -167,15 +170,15 @@ def rl_dataset(args: RLArguments, processor: TTEProcessor, seed: int = 0):
     return Dataset.from_list(examples).cast_column("images", Sequence(Image()))
 
 
-def grouped_order(datasets: list[str], group: int, seed: int) -> list[int]:
-    """Row indices in groups of `group` rows of one dataset each (a dataset's last group is filled up with its own
-    rows), the rows and the groups shuffled with `seed`: the order TRL's unshuffled sampler cuts into generation
-    batches of `group` prompts."""
+def grouped_order(keys: list[str], group: int, seed: int) -> list[int]:
+    """Row indices in groups of `group` rows of one key each (a key's last group is filled up with its own rows), the
+    rows and the groups shuffled with `seed`: the order TRL's unshuffled sampler cuts into generation batches of
+    `group` prompts."""
     rng, groups = random.Random(seed), []
-    by_dataset: dict[str, list[int]] = {}
-    for index, name in enumerate(datasets):
-        by_dataset.setdefault(name, []).append(index)
-    for rows in by_dataset.values():
+    by_key: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        by_key.setdefault(key, []).append(index)
+    for rows in by_key.values():
         rng.shuffle(rows)
         rows += [rows[i % len(rows)] for i in range(-len(rows) % group)]
         groups += [rows[start:start + group] for start in range(0, len(rows), group)]
@@ -231,7 +234,7 @@ def build_trainer(args: RLArguments, training_args, model_args):
         dataset = rl_dataset(args, tte, seed=training_args.seed)
     if args.homogeneous_batches:
         group = training_args.generation_batch_size // training_args.num_generations
-        dataset = dataset.select(grouped_order(dataset["dataset"], group, training_args.seed))
+        dataset = dataset.select(grouped_order(dataset["batch_group"], group, training_args.seed))
         training_args.shuffle_dataset = False
     decoder = TraceDecoder(tte, stop_ids(model, tte.tokenizer))
     functions, training_args.reward_weights = reward_functions(args, decoder, PartialState().device)
