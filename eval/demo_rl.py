@@ -23,9 +23,10 @@ def rl_student(student: Path, embedder: Path, data: Path, out: Path, s, seed: in
             "--prompts", str(PROMPTS), "--reward_temperature", str(s.temperature), "--sides", *s.rl_sides,
             "--max_steps", str(s.rl_steps), "--per_device_train_batch_size", str(s.rl_batch),
             "--num_generations", str(s.rl_generations), "--max_completion_length", str(s.max_new_tokens),
-            "--learning_rate", str(s.rl_lr), "--beta", str(s.rl_beta), "--lr_scheduler_type", "constant",
+            "--learning_rate", str(s.rl_lr), "--beta", str(s.rl_beta), "--temperature", str(s.rl_temperature),
+            "--scale_rewards", s.rl_scale_rewards, "--lr_scheduler_type", "constant",
             "--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--gradient_checkpointing", "false",
-            "--logging_steps", "5", "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
+            "--logging_steps", str(s.rl_log_every), "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
             "--disable_tqdm", "true", "--log_completions", "false",
             "--datasets", *[json.dumps(d) for d in training_datasets(data)]]
     return run(argv)

@@ -1,5 +1,5 @@
-"""The main job's --quick setting runs every stage (the ablations included) through the real code paths, writes
-its report, and the report is rewritten from results.json alone."""
+"""The main job's --quick setting runs every stage (the ablations and RL included) through the real code paths,
+writes its report, and the report is rewritten from results.json alone."""
 
 import json
 
@@ -9,13 +9,14 @@ from PIL import Image
 from eval.demo import HEADS, main
 from eval.demo_ablations import NOISE_RATES, noise_variant
 from eval.demo_report import main as report
+from eval.demo_rl import RL_VARIANT
 
 CORE = ["No ECR", "TTE_t (teacher ECR)", "TTE_s (student ECR)", "Answer-only (student)"] + [
     f"TTE_u {head}" for head in HEADS]
 
 
 def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_path):
-    results = main(["--quick", "--ablations", "--out", str(tmp_path)])
+    results = main(["--quick", "--ablations", "--rl", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     variants = list(saved["table"])
     assert variants[:len(CORE)] == CORE
@@ -26,15 +27,18 @@ def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_pa
     assert set(results["stage_seconds"]) == {
         "backbone", "data + teacher ECR", "perception pretraining", "student SFT", "student ECR",
         "answer-only student SFT", "answer-only student ECR", "embedders", "TTE_u heads", "evaluation",
-        "joint SFT + InfoNCE", "joint ECR"}
-    assert set(saved["runs"][0]["student_answer_accuracy"]) == {"full", "answer_only", "joint"}
+        "joint SFT + InfoNCE", "joint ECR", "RL (GRPO)", "RL student ECR"}
+    assert set(saved["runs"][0]["student_answer_accuracy"]) == {"full", "answer_only", "joint", "rl"}
+    assert RL_VARIANT in variants and [step for step, _ in saved["runs"][0]["rl_reward"]] == [1, 2]
     # the noise-free row is the TTE_t row: same embedder, same ECR
     assert saved["table"][noise_variant(0.0)] == saved["table"]["TTE_t (teacher ECR)"]
     table = (tmp_path / "results.md").read_text()
     assert "| TTE_s (student ECR) |" in table and "Wall time per stage" in table
     with Image.open(tmp_path / "results.png") as chart, Image.open(tmp_path / "noise.png") as curve:
         assert chart.size == (1000, 60 + 26 * len(variants)) and curve.size == (640, 400)
-    for name in ("pretrained", "student", "embed-full", "embed-joint", "unified-self_init", "ecr-joint"):
+    assert (tmp_path / "rl_reward.png").is_file() and "| rl |" in (tmp_path / "results.md").read_text()
+    for name in ("pretrained", "student", "embed-full", "embed-joint", "unified-self_init", "ecr-joint",
+                 "student-rl", "ecr-student-rl"):
         assert (tmp_path / "seed0" / name).is_dir()
 
     (tmp_path / "results.md").unlink()
