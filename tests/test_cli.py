@@ -31,6 +31,12 @@ def _arguments(module: str) -> tuple:
         from train.distill_reasoner import DistillArguments
 
         return DistillArguments, SFTConfig, ModelConfig
+    if module == "train.rl_reasoner":
+        from trl import GRPOConfig, ModelConfig
+
+        from train.rl_reasoner import RLArguments
+
+        return RLArguments, GRPOConfig, ModelConfig
     names = {"train.generate_ecr": "GenerateECRArguments", "train.tiny_backbone": "TinyBackboneArguments",
              "train.data": "ToyArguments", "eval.run_mmeb": "RunMMEBArguments", "eval.demo": "DemoArguments",
              "eval.demo_report": "ReportArguments", "eval.bench_thinking": "BenchThinkingArguments",
@@ -43,6 +49,7 @@ def _arguments(module: str) -> tuple:
 
 
 CLIS = {"train.train_embedder": [], "train.distill_reasoner": ["--use_cpu", "true"], "train.generate_ecr": [],
+        "train.rl_reasoner": ["--use_cpu", "true", "--embedder", "runs/tte"],
         "train.tiny_backbone": [], "train.data": [], "eval.run_mmeb": ["--tasks", "all"], "eval.demo": [],
         "eval.quickstart": [], "eval.synthetic.write": [], "eval.bench_encoder": [], "eval.bench_speed": [],
         "eval.bench_scale": [], "eval.bench_gradcache_memory": [],
@@ -110,10 +117,11 @@ def test_config_sets_options_and_the_command_line_overrides(tmp_path):
 
 
 def test_datasets_take_json_objects_and_recipe_files_in_every_training_script(tmp_path):
-    """`--datasets` means the same in the three training scripts: JSON objects and recipe files, mixed."""
+    """`--datasets` means the same in the four training scripts: JSON objects and recipe files, mixed."""
     from train.data import read_datasets
     from train.distill_reasoner import DistillArguments
     from train.generate_ecr import GenerateECRArguments
+    from train.rl_reasoner import RLArguments
     from train.train_embedder import DataArguments, ModelArguments, TTEContrastiveConfig
 
     recipe = tmp_path / "mix.yaml"
@@ -122,9 +130,10 @@ def test_datasets_take_json_objects_and_recipe_files_in_every_training_script(tm
     (ecr,) = TTEParser((GenerateECRArguments,), "train.generate_ecr").parse(argv)
     distill = TTEParser((DistillArguments,), "train.distill_reasoner").parse(argv[2:])[0]
     embed = TTEParser((ModelArguments, DataArguments, TTEContrastiveConfig), "train.train_embedder").parse(argv)[1]
+    rl = TTEParser((RLArguments,), "train.rl_reasoner").parse(["--embedder", "e", *argv[2:]])[0]
     names = [[d.name for d in ecr.datasets], [d.name for d in distill.datasets],
-             [d.name for d in read_datasets(embed.datasets)]]
-    assert names == [["a", "b", "d"]] * 3
+             [d.name for d in read_datasets(embed.datasets)], [d.name for d in rl.datasets]]
+    assert names == [["a", "b", "d"]] * 4
     with pytest.raises(ValueError, match=r"--datasets item 0: 'nowhere.yaml' is neither a JSON object nor a recipe"):
         read_datasets(["nowhere.yaml"])
     with pytest.raises(ValueError, match=r"--datasets item 1: not a JSON object"):
