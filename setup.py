@@ -12,7 +12,7 @@ setup(
     py_modules=["configuration_tte", "modeling_tte", "processing_tte", "prompts_tte", "sentence_tte"],
     packages=find_packages(include=["train", "train.*", "eval", "eval.*"]),
     package_data={"train": ["recipes/*.yaml", "recipes/accelerate/*.yaml"], "eval": ["*.yaml", "*.json"],
-                  "eval.mmeb": ["*.json"]},
+                  "eval.mmeb": ["*.json"], "eval.synthetic": ["*.yaml"]},
     install_requires=[
         "torch>=2.6",
         "torchvision>=0.21",
