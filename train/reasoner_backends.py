@@ -221,9 +221,7 @@ class LocalBackend(ReasonerBackend):
             self.model.to(device)
         self.model.eval()
         tokenizer = self.processor.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.stop_ids = sorted({tokenizer.eos_token_id, *eos} - {None})
+        self.stop_ids = end_of_turn_ids(self.model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         set_seed(self.seed)
 
@@ -276,8 +274,7 @@ class LocalBackend(ReasonerBackend):
 
     def _stop(self, tokens: list[int]) -> int:
         """The length of a generation up to its first end-of-turn or pad token."""
-        return next((i for i, token in enumerate(tokens) if token in self.stop_ids or token == self.pad_id),
-                    len(tokens))
+        return trace_length(tokens, {*self.stop_ids, self.pad_id})
 
     def _force_answer(self, feature, generated: list[int], text: str) -> tuple[str, int]:
         """Close a trace (`generated`, decoded as `text`) cut at the budget with `</think> Answer:` and let the model
@@ -309,6 +306,18 @@ class LocalBackend(ReasonerBackend):
                            f"trace")
             self._warned_media = True
         return text
+
+
+def end_of_turn_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a generation: the tokenizer's EOS and every eos id of the model's generation config."""
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted({tokenizer.eos_token_id, *eos} - {None})
+
+
+def trace_length(tokens: list[int], stops) -> int:
+    """The length of a generation up to its first token in `stops` (end-of-turn and pad ids)."""
+    return next((i for i, token in enumerate(tokens) if token in stops), len(tokens))
 
 
 def trace_text(processor, tokens: list[int]) -> tuple[str, bool]:

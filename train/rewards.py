@@ -48,11 +48,10 @@ class TraceDecoder:
         self.processor, self.stop_ids = processor, set(stop_ids)
 
     def __call__(self, ids) -> str:
-        from train.reasoner_backends import trace_text
+        from train.reasoner_backends import trace_length, trace_text
 
         ids = list(ids)
-        cut = next((i for i, token in enumerate(ids) if token in self.stop_ids), len(ids))
-        return trace_text(self.processor, ids[:cut])[0]
+        return trace_text(self.processor, ids[:trace_length(ids, self.stop_ids)])[0]
 
 
 def completion_texts(completions, completion_ids, decoder: TraceDecoder | None) -> list[str]:
@@ -93,6 +92,19 @@ class LengthPenalty:
 def target_key(row: dict) -> tuple[str, str]:
     """Two targets are the same for the reward when they show the same text and carry the same ECR."""
     return (row.get("text") or "").strip(), (row.get("ecr") or "").strip()
+
+
+def distinct_targets(rows, gold: dict, limit: int | None = None) -> list[dict]:
+    """The rows (`None`s skipped) that differ from `gold` and from each other (`target_key`), in order, at most
+    `limit`."""
+    seen, out = {target_key(gold)}, []
+    for row in rows:  # `rows` may be lazy draws: none is taken once `limit` are found
+        if row is not None and target_key(row) not in seen:
+            seen.add(target_key(row))
+            out.append(row)
+            if len(out) == limit:
+                break
+    return out
 
 
 def score(similarities: torch.Tensor, kind: str, temperature: float) -> float:
@@ -168,14 +180,8 @@ class RetrievalReward:
     def negatives(self, index: int, datasets, targets: list[dict], negatives: list[list[dict]]) -> list[dict]:
         """The negatives of row `index`: its own, then the gold targets of the other rows of its dataset when
         `in_batch_negatives`; none equal to its gold (the batch holds each prompt several times), none twice."""
-        seen, out = {target_key(targets[index])}, []
-        pool = negatives[index] + ([t for t, name in zip(targets, datasets, strict=True) if name == datasets[index]]
-                                   if self.in_batch_negatives else [])
-        for row in pool:
-            if target_key(row) not in seen:
-                seen.add(target_key(row))
-                out.append(row)
-        return out
+        batch = [t for t, name in zip(targets, datasets, strict=True) if name == datasets[index]]
+        return distinct_targets(negatives[index] + (batch if self.in_batch_negatives else []), targets[index])
 
     def __call__(self, completions, dataset, side, query, target, negatives, completion_ids=None,
                  **kwargs) -> list[float]:
@@ -184,17 +190,19 @@ class RetrievalReward:
         negs = [json.loads(n) for n in negatives]
         on_query = [s == "query" for s in side]
         rows = range(len(ecrs))
+        pools = [self.negatives(i, dataset, targets, negs) for i in rows]
+        # one encoder call per kind of row: sampled queries / targets, stored queries, stored targets (in row order)
         sampled_queries = iter(self.sampled([{**queries[i], "ecr": ecrs[i]} for i in rows if on_query[i]], "query"))
         sampled_targets = iter(self.sampled([{**targets[i], "ecr": ecrs[i]} for i in rows if not on_query[i]],
                                             "target"))
-        pools = [self.negatives(i, dataset, targets, negs) for i in rows]
-        self.fixed([queries[i] for i in rows if not on_query[i]], "query")  # fill the cache in few batches
-        self.fixed([row for i in rows for row in pools[i] + ([targets[i]] if on_query[i] else [])], "target")
+        stored_queries = iter(self.fixed([queries[i] for i in rows if not on_query[i]], "query"))
+        stored_targets = iter(self.fixed([row for i in rows for row in [targets[i]] * on_query[i] + pools[i]],
+                                         "target"))
         rewards = []
         for i in rows:
-            anchor = next(sampled_queries) if on_query[i] else self.fixed([queries[i]], "query")[0]
-            gold = self.fixed([targets[i]], "target")[0] if on_query[i] else next(sampled_targets)
-            pool = torch.stack([gold, *self.fixed(pools[i], "target")])
+            anchor = next(sampled_queries) if on_query[i] else next(stored_queries)
+            gold = next(stored_targets) if on_query[i] else next(sampled_targets)
+            pool = torch.stack([gold, *(next(stored_targets) for _ in pools[i])])
             rewards.append(score(pool @ anchor, self.kind, self.temperature))
         if kwargs.get("log_metric") is not None:  # TRL's: the mean reward of each dataset, logged beside the total
             for name in dict.fromkeys(dataset):
@@ -204,4 +212,4 @@ class RetrievalReward:
 
 
 __all__ = ["REWARD_KINDS", "FormatReward", "LengthPenalty", "RetrievalReward", "TraceDecoder", "completion_text",
-           "completion_texts", "score", "target_key"]
+           "completion_texts", "distinct_targets", "score", "target_key"]

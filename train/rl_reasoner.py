@@ -38,8 +38,8 @@ from train.data import ECR_SIDES
 from train.distill_reasoner import peft_config_for, prompt_example, save_student, vision_tower
 from train.ecr_store import ECRStore
 from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
-from train.reasoner_backends import backend_prompts
-from train.rewards import REWARD_KINDS, FormatReward, LengthPenalty, RetrievalReward, TraceDecoder, target_key
+from train.reasoner_backends import backend_prompts, end_of_turn_ids
+from train.rewards import REWARD_KINDS, FormatReward, LengthPenalty, RetrievalReward, TraceDecoder, distinct_targets
 
 logger = logging.getLogger(__name__)
 
@@ -126,16 +126,10 @@ def _sides(store: ECRStore, pair: MMEBPair) -> tuple[dict | None, dict | None, l
 
 
 def sampled_negatives(targets: list[dict | None], index: int, count: int, rng: random.Random) -> list[dict]:
-    """Up to `count` gold targets of other rows, none equal to row `index`'s gold, none twice."""
-    seen, out = {target_key(targets[index])}, []
-    for _ in range(4 * count):
-        if len(out) == count or len(targets) < 2:
-            break
-        other = targets[rng.randrange(len(targets))]
-        if other is not None and target_key(other) not in seen:
-            seen.add(target_key(other))
-            out.append(other)
-    return out
+    """Up to `count` gold targets of other rows (from `4 * count` draws), none equal to row `index`'s gold, none
+    twice."""
+    draws = (targets[rng.randrange(len(targets))] for _ in range(4 * count if len(targets) > 1 else 0))
+    return distinct_targets(draws, targets[index], limit=count)
 
 
 def rl_dataset(args: RLArguments, processor: TTEProcessor, seed: int = 0):
@@ -186,13 +180,6 @@ def grouped_order(keys: list[str], group: int, seed: int) -> list[int]:
     return [index for chunk in groups for index in chunk]
 
 
-def stop_ids(model, tokenizer) -> list[int]:
-    """The tokens that end a generation: the model's end-of-turn ids, the tokenizer's EOS and pad."""
-    eos = model.generation_config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    return sorted({tokenizer.eos_token_id, tokenizer.pad_token_id, *eos} - {None})
-
-
 def reward_functions(args: RLArguments, decoder: TraceDecoder, device=None) -> tuple[list, list[float]]:
     """The reward functions and their weights: retrieval (weight 1), format and length when weighted."""
     retrieval = RetrievalReward.from_pretrained(args.embedder, device=device, kind=args.reward,
@@ -236,7 +223,7 @@ def build_trainer(args: RLArguments, training_args, model_args):
         group = training_args.generation_batch_size // training_args.num_generations
         dataset = dataset.select(grouped_order(dataset["batch_group"], group, training_args.seed))
         training_args.shuffle_dataset = False
-    decoder = TraceDecoder(tte, stop_ids(model, tte.tokenizer))
+    decoder = TraceDecoder(tte, {*end_of_turn_ids(model, tte.tokenizer), tte.tokenizer.pad_token_id} - {None})
     functions, training_args.reward_weights = reward_functions(args, decoder, PartialState().device)
     peft_config = peft_config_for(model_args, model, args.freeze_vision_tower)
     if args.freeze_vision_tower and peft_config is None:
