@@ -117,7 +117,7 @@ def distillation_dataset(args: DistillArguments, processor: TTEProcessor):
     return Dataset.from_list(examples).cast_column("images", Sequence(Image()))
 
 
-def peft_config_for(model_args, model, freeze_vision: bool):
+def _peft_config(model_args, model, freeze_vision: bool):
     from trl import get_peft_config
 
     peft_config = get_peft_config(model_args)
@@ -130,6 +130,21 @@ def peft_config_for(model_args, model, freeze_vision: bool):
     return peft_config
 
 
+def load_reasoner(model_args, freeze_vision_tower: bool):
+    """The reasoner a TRL trainer trains, its processor and its LoRA config (`None` for full fine-tuning); the vision
+    tower is frozen (left out of LoRA, or its weights fixed) when `freeze_vision_tower`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path,
+                                                        dtype=model_args.dtype or "auto",
+                                                        revision=model_args.model_revision)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    peft_config = _peft_config(model_args, model, freeze_vision_tower)
+    if freeze_vision_tower and peft_config is None:
+        vision_tower(model)[1].requires_grad_(False)
+    return model, processor, peft_config
+
+
 def build_trainer(args: DistillArguments, training_args, model_args):
     r"""
     A configured (not subclassed) TRL `SFTTrainer` for the student.
@@ -139,22 +154,15 @@ def build_trainer(args: DistillArguments, training_args, model_args):
         training_args (`trl.SFTConfig`): optimisation; `completion_only_loss` is forced on.
         model_args (`trl.ModelConfig`): the student checkpoint (`model_name_or_path`, `dtype`) and LoRA settings.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTTrainer
 
     if not model_args.model_name_or_path:
         raise ValueError("distill_reasoner needs --model_name_or_path (the student's base checkpoint)")
     training_args.completion_only_loss = True
     training_args.remove_unused_columns = False
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path,
-                                                        dtype=model_args.dtype or "auto",
-                                                        revision=model_args.model_revision)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    model, processor, peft_config = load_reasoner(model_args, args.freeze_vision_tower)
     dataset = distillation_dataset(args, TTEProcessor.from_backbone(model_args.model_name_or_path,
                                                                     prompts=args.prompts))
-    peft_config = peft_config_for(model_args, model, args.freeze_vision_tower)
-    if args.freeze_vision_tower and peft_config is None:
-        vision_tower(model)[1].requires_grad_(False)
     return SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor,
                       peft_config=peft_config)
 

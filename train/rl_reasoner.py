@@ -35,7 +35,7 @@ from pathlib import Path
 
 from processing_tte import TTEProcessor
 from train.data import ECR_SIDES
-from train.distill_reasoner import peft_config_for, prompt_example, save_student, vision_tower
+from train.distill_reasoner import load_reasoner, prompt_example, save_student
 from train.ecr_store import ECRStore
 from train.mmeb_data import MMEBPair, dataset_configs, load_mmeb_pairs
 from train.reasoner_backends import backend_prompts, end_of_turn_ids
@@ -205,16 +205,12 @@ def build_trainer(args: RLArguments, training_args, model_args):
         model_args (`trl.ModelConfig`): the starting reasoner (`model_name_or_path`, `dtype`) and LoRA settings.
     """
     from accelerate import PartialState
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOTrainer
 
     if not model_args.model_name_or_path:
         raise ValueError("rl_reasoner needs --model_name_or_path (the starting reasoner, e.g. the SFT student)")
     training_args.remove_unused_columns = False
-    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path,
-                                                        dtype=model_args.dtype or "auto",
-                                                        revision=model_args.model_revision)
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    model, processor, peft_config = load_reasoner(model_args, args.freeze_vision_tower)
     prompts = backend_prompts(args.prompts, None, model_args.model_name_or_path)  # as generate_ecr asks it
     tte = TTEProcessor.from_backbone(model_args.model_name_or_path, prompts=prompts)
     with training_args.main_process_first(desc="building RL prompts"):
@@ -225,9 +221,6 @@ def build_trainer(args: RLArguments, training_args, model_args):
         training_args.shuffle_dataset = False
     decoder = TraceDecoder(tte, {*end_of_turn_ids(model, tte.tokenizer), tte.tokenizer.pad_token_id} - {None})
     functions, training_args.reward_weights = reward_functions(args, decoder, PartialState().device)
-    peft_config = peft_config_for(model_args, model, args.freeze_vision_tower)
-    if args.freeze_vision_tower and peft_config is None:
-        vision_tower(model)[1].requires_grad_(False)
     trainer = GRPOTrainer(model=model, reward_funcs=functions, args=training_args, train_dataset=dataset,
                           processing_class=processor, peft_config=peft_config)
     trainer.reasoner_prompts = prompts
