@@ -58,7 +58,7 @@ class DemoSettings:
     embed_lr: float = 1e-3
     head_steps: int = 500  # 200 left every head far from converged; at 3e-3 the longer runs fell apart
     head_lr: float = 1e-3
-    rl_steps: int = 200  # --rl: GRPO steps on the SFT student (DEMO-FINDINGS: lr 1e-4 and 2e-4 were worse)
+    rl_steps: int = 200  # --rl: GRPO steps on the SFT student (README: the settings tried)
     rl_batch: int = 32  # completions per step (rl_batch / rl_generations prompts)
     rl_generations: int = 16  # 8 gained less on seed 0
     rl_lr: float = 5e-5

@@ -115,7 +115,10 @@ def reward_chart(path: Path, runs: list[dict], width: int = 640, height: int = 4
     for index, (seed, curve) in enumerate(curves):
         colour = colours[index % len(colours)]
         xy = [(left + (right - left) * step / last, bottom - (bottom - top) * reward / high) for step, reward in curve]
-        draw.line(xy, fill=colour, width=2) if len(xy) > 1 else draw.point(xy, fill=colour)
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+        else:
+            draw.point(xy, fill=colour)
         draw.text((right - 70, top + 14 * index), f"seed {seed}", fill=colour)
     draw.text((left - 30, top - 6), f"{high:.2f}", fill="black")
     draw.text((left - 12, bottom - 6), "0", fill="black")
