@@ -276,7 +276,8 @@ class TTEProcessor(ProcessorMixin):
     @classmethod
     def from_backbone(cls, pretrained_model_name_or_path: str, **kwargs) -> TTEProcessor:
         """Wrap a backbone VLM's processor (hub id or local folder). `kwargs`: `ecr_mode`, `max_ecr_tokens`,
-        `prompts` (a registry YAML file read over the shipped one, or a `PromptRegistry`), and anything else for
+        `prompts` (a registry YAML file read over the shipped one, or a `PromptRegistry`; default: the folder's
+        `reasoner_prompts.yaml`, as a distilled student saves it, else the shipped one), and anything else for
         `AutoProcessor.from_pretrained`."""
         prompts = kwargs.pop("prompts", None)
         own = {k: kwargs.pop(k) for k in ("ecr_mode", "max_ecr_tokens") if k in kwargs}
@@ -288,8 +289,7 @@ class TTEProcessor(ProcessorMixin):
                              f"processor (got {type(backbone).__name__})")
         processor = cls(backbone.image_processor, backbone.video_processor, backbone.tokenizer,
                         chat_template=backbone.chat_template, backbone_processor_class=type(backbone).__name__, **own)
-        if prompts is not None:
-            processor.prompts = as_registry(prompts)
+        processor.read_prompts(pretrained_model_name_or_path, prompts, kwargs)
         return processor
 
     @classmethod
@@ -297,15 +297,21 @@ class TTEProcessor(ProcessorMixin):
         """`ProcessorMixin.from_pretrained`, with the folder's `reasoner_prompts.yaml` as the prompt registry (the
         shipped one when the folder has none); `prompts` (a YAML file or `PromptRegistry`) replaces it."""
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        processor.read_prompts(pretrained_model_name_or_path, prompts, kwargs)
+        return processor
+
+    def read_prompts(self, pretrained_model_name_or_path, prompts, hub_kwargs: dict) -> None:
+        """Set the prompt registry: `prompts` when given, else the `reasoner_prompts.yaml` saved in the folder or
+        hub repo (`hub_kwargs`: `cache_dir`, `revision`, ...), else keep the shipped one."""
         if prompts is not None:
-            processor.prompts = as_registry(prompts)
-            return processor
-        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+            self.prompts = as_registry(prompts)
+            return
+        hub = {k: hub_kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+               if k in hub_kwargs}
         path = cached_file(pretrained_model_name_or_path, REGISTRY_FILE, _raise_exceptions_for_missing_entries=False,
                            _raise_exceptions_for_connection_errors=False, **hub)
         if path is not None:
-            processor.prompts = PromptRegistry.read(path)
-        return processor
+            self.prompts = PromptRegistry.read(path)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`ProcessorMixin.save_pretrained`, plus the prompt registry as `reasoner_prompts.yaml`."""

@@ -125,6 +125,26 @@ def test_the_registry_is_saved_and_reloaded_with_the_processor(tmp_path, tiny_qw
     assert messages[0]["content"][-1]["text"].endswith(again.prompts.prompt("OK-VQA", "vqa", "query"))
 
 
+def test_a_model_built_on_a_distilled_student_asks_with_the_students_prompts(tmp_path, tiny_qwen2_vl):
+    """A student folder holds its registry (`reasoner_prompts.yaml`); a processor wrapped from it, as
+    `train_embedder` wraps a TTE_u model's backbone, keeps it, so the unified model thinks with its reasoner's
+    prompts (it had asked with the shipped ones)."""
+    import shutil
+
+    custom = tmp_path / "mine.yaml"
+    custom.write_text(yaml.safe_dump({"name": "mine", "version": 4, "families": {
+        "terse": {"query": "Q.", "target": "T."}}, "datasets": {"OK-VQA": "terse"}}))
+    student = tmp_path / "student"
+    shutil.copytree(tiny_qwen2_vl, student)
+    PromptRegistry.load(custom).save(student)
+    wrapped = TTEProcessor.from_backbone(str(student))
+    assert wrapped.prompts.name == "mine@4"
+    wrapped.save_pretrained(tmp_path / "unified")
+    assert TTEProcessor.from_pretrained(tmp_path / "unified").prompts.name == "mine@4"
+    assert TTEProcessor.from_backbone(str(student), prompts=PromptRegistry.load()).prompts.name == SHIPPED.name
+    assert TTEProcessor.from_backbone(tiny_qwen2_vl).prompts.name == SHIPPED.name
+
+
 def test_a_changed_prompt_makes_the_stored_traces_stale(tmp_path, tiny_qwen2_vl):
     from tests.test_generate_ecr import write_mmeb
 
