@@ -62,6 +62,12 @@ class TTEConfig(PreTrainedConfig):
             InfoNCE temperature used when training this model.
         max_ecr_tokens (`int`, *optional*, defaults to 512):
             Longest reasoning trace (ECR), in tokens, fed to the embedder; longer traces are truncated.
+        router_layer (`int`, *optional*):
+            A unified model's think router (`think="auto"` in `generate_and_embed`): the hidden-state index it reads
+            at the prompt's last token, at the end of prefill. `None` (the default): no router.
+        router_threshold (`float`, *optional*, defaults to 0.5):
+            The router thinks for a row when its probability that thinking changes the row's retrieval outcome is at
+            least this (0: always think, above 1: never).
     """
 
     model_type = "tte"
@@ -80,6 +86,8 @@ class TTEConfig(PreTrainedConfig):
     output_dim: int | None = None
     loss_temperature: float = 0.02
     max_ecr_tokens: int = 512
+    router_layer: int | None = None
+    router_threshold: float = 0.5
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -128,6 +136,14 @@ class TTEConfig(PreTrainedConfig):
         self._check_layer("head_layer", self.head_layer, depth)
         for index in self.resolved_qformer_layers:
             self._check_layer("qformer_layers", index, depth)
+        if self.router_layer is not None:
+            if self.mode != "unified":
+                raise ValueError("TTEConfig.router_layer needs mode='unified' (the router decides whether the "
+                                 "model's own backbone thinks)")
+            self._check_layer("router_layer", self.router_layer, depth)
+        if isinstance(self.router_threshold, bool) or not isinstance(self.router_threshold, (int, float)) \
+                or self.router_threshold < 0:
+            raise ValueError(f"TTEConfig.router_threshold must be a number >= 0, got {self.router_threshold!r}")
         if self.head_type != "last_token" and self.hidden_size % self.head_num_heads:
             raise ValueError(
                 f"TTEConfig.head_num_heads must divide the backbone hidden size {self.hidden_size}, "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessor, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -66,12 +66,16 @@ class TTEGenerationOutput(ModelOutput):
             appended where generation stopped at `max_new_tokens`; padded after it.
         attention_mask (`torch.LongTensor` of shape `(batch_size, prompt_length + ecr_length)`):
             The prompt's mask followed by the ECR's (1 up to the row's eos): the mask the embedding was pooled with.
+        thought (`torch.BoolTensor` of shape `(batch_size,)`):
+            Whether each row thought. A row that did not (`think=False`, or the router's choice with `think="auto"`)
+            has an empty ECR: its embedding is of prompt + end-of-turn token.
     """
 
     embeddings: torch.FloatTensor | None = None
     sequences: torch.LongTensor | None = None
     ecr_ids: torch.LongTensor | None = None
     attention_mask: torch.LongTensor | None = None
+    thought: torch.BoolTensor | None = None
 
 
 @dataclass
@@ -233,6 +237,27 @@ def ecr_from_generation(generated: torch.Tensor, eos_token_ids: list[int], pad_t
     first_eos = torch.isin(generated, eos).int().argmax(dim=1)
     ecr_mask = torch.arange(generated.shape[1], device=generated.device)[None] <= first_eos[:, None]
     return generated.masked_fill(~ecr_mask, pad_token_id), ecr_mask.long()
+
+
+class ThinkGate(LogitsProcessor):
+    """
+    A logits processor that decides, at the first generation step (the scores of prefill), which rows think:
+    `decide()` returns one boolean per row (e.g. the router's choice, read from the prefill states that hooks
+    captured). A row that does not think gets the end-of-turn token `eos_token_id` forced, so its ECR is empty and it
+    costs no decode step. `thinks` holds the decision.
+    """
+
+    def __init__(self, decide, prompt_length: int, eos_token_id: int):
+        self.decide, self.prompt_length, self.eos_token_id = decide, prompt_length, eos_token_id
+        self.thinks: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] != self.prompt_length:
+            return scores
+        self.thinks = self.decide().to(scores.device)
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.eos_token_id] = 0
+        return torch.where(self.thinks[:, None], scores, forced)
 
 
 def two_pass_inputs(prompt_inputs: dict, output: TTEGenerationOutput) -> dict:
@@ -486,6 +511,7 @@ class TTEForEmbedding(TTEPreTrainedModel):
         else:
             self.head = HEADS[config.head_type](config)
         self.projection = nn.Linear(config.hidden_size, config.output_dim) if config.output_dim else None
+        self.router = nn.Linear(config.hidden_size, 1) if config.router_layer is not None else None
         self.freeze_backbone_for_mode()
         self.post_init()
 
@@ -700,12 +726,79 @@ class TTEForEmbedding(TTEPreTrainedModel):
             embeddings = F.normalize(embeddings.float(), dim=-1).to(embeddings.dtype)
         return embeddings
 
+    # ---------------------------------------------------------------- the think router (think="auto")
+    def add_router(self, layer: int = -1, threshold: float | None = None) -> nn.Linear:
+        """Give a unified model a think router reading hidden-state index `layer` (`config.router_layer`) at the
+        prompt's last token; `threshold` sets `config.router_threshold`. Returns the new (zero) linear router, to
+        train with `train.train_router`."""
+        if self.config.mode != "unified":
+            raise ValueError("a think router needs a unified model (config.mode='unified')")
+        self.config.router_layer = layer
+        if threshold is not None:
+            self.config.router_threshold = threshold
+        self.config.validate_tte()
+        norm = self.vlm.get_decoder().norm.weight
+        self.router = nn.Linear(self.config.hidden_size, 1).to(device=norm.device, dtype=norm.dtype)
+        nn.init.zeros_(self.router.weight)
+        nn.init.zeros_(self.router.bias)
+        return self.router
+
+    def _require_router(self) -> None:
+        if self.router is None:
+            raise ValueError("this model has no think router (config.router_layer is None): train one with "
+                             "`python -m train.train_router`, or pass think=True / think=False")
+
+    def router_probability(self, prompt_states: torch.Tensor) -> torch.Tensor:
+        """The router's probability, per row, that thinking changes the row's retrieval outcome, from the prompt's
+        last-token states at `config.router_layer` (shape `(batch_size, hidden_size)`)."""
+        self._require_router()
+        logits = self.router(prompt_states.to(self.router.weight.dtype)).squeeze(-1)
+        return torch.sigmoid(logits.float())
+
+    @torch.no_grad()
+    def router_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                      **backbone_inputs) -> torch.Tensor:
+        """The states the router reads for reasoner prompts (`TTEProcessor.process_reasoner_inputs`): each prompt's
+        last-token state at `config.router_layer`, from one forward over them, as `generate_and_embed` has them at
+        the end of prefill."""
+        if self.config.router_layer is None:
+            self._require_router()
+        states = self.backbone_states(input_ids, attention_mask, all_hidden_states=True, **backbone_inputs)
+        return last_token_pool(states.hidden_states[self.config.router_layer], states.attention_mask)
+
+    def think_probability(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                          **backbone_inputs) -> torch.Tensor:
+        """`router_probability` of reasoner prompts, from `router_states`."""
+        return self.router_probability(self.router_states(input_ids, attention_mask, **backbone_inputs))
+
+    def _think_gate(self, think: bool | str, capture: GenerationCapture, attention_mask: torch.Tensor,
+                    eos_token_id: int, threshold: float | None) -> ThinkGate | None:
+        """The `ThinkGate` for `think` (`None` for `True`): never think, or the router's choice from the prefill
+        states `capture` records at `config.router_layer`."""
+        if think is True:
+            return None
+        if think is False:
+            return ThinkGate(lambda: torch.zeros(attention_mask.shape[0], dtype=torch.bool), attention_mask.shape[1],
+                             eos_token_id)
+        if think != "auto":
+            raise ValueError(f"think must be True, False or 'auto', got {think!r}")
+        self._require_router()
+        threshold = self.config.router_threshold if threshold is None else threshold
+        index = self.config.router_layer % (self.config.num_backbone_layers + 1)
+
+        def decide() -> torch.Tensor:
+            prefill = capture.hidden[index][0]  # the first decoder call of generate: the prompts
+            return self.router_probability(last_token_pool(prefill, attention_mask)) >= threshold
+        return ThinkGate(decide, attention_mask.shape[1], eos_token_id)
+
     # ---------------------------------------------------------------- single-pass think-then-embed (TTE_u)
     def generate_and_embed(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int | None = None,
+        think: bool | str = True,
+        router_threshold: float | None = None,
         **generate_kwargs,
     ) -> TTEGenerationOutput:
         r"""
@@ -719,14 +812,22 @@ class TTEForEmbedding(TTEPreTrainedModel):
             attention_mask (`torch.Tensor` of shape `(batch_size, prompt_length)`, *optional*):
                 The prompts' padding mask.
             max_new_tokens (`int`, *optional*):
-                ECR length cap, defaults to `config.max_ecr_tokens`; an ECR cut there gets an eos appended.
+                ECR length cap (the thinking budget), defaults to `config.max_ecr_tokens`; an ECR cut there gets an
+                eos appended.
+            think (`bool` or `"auto"`, *optional*, defaults to `True`):
+                `True`: every row thinks. `False`: none does (prompt + end-of-turn is embedded, no decode step).
+                `"auto"`: the model's router (`config.router_layer`) decides per row from its prompt's state at the
+                end of prefill, inside the same `generate` call (no extra forward).
+            router_threshold (`float`, *optional*):
+                With `think="auto"`, overrides `config.router_threshold`.
             generate_kwargs:
                 Media inputs (`pixel_values`, `image_grid_thw`, `pixel_values_videos`, `video_grid_thw`,
                 `mm_token_type_ids`, ...) and generation settings (`do_sample`, `eos_token_id`, ...) for `generate`.
                 Beam search and assisted decoding are not supported.
 
         Returns:
-            [`TTEGenerationOutput`] with `embeddings`, `sequences`, `ecr_ids` and the embedding's `attention_mask`.
+            [`TTEGenerationOutput`] with `embeddings`, `sequences`, `ecr_ids`, the embedding's `attention_mask` and
+            which rows `thought`.
         """
         if self.config.mode != "unified":
             raise ValueError(
@@ -739,7 +840,11 @@ class TTEForEmbedding(TTEPreTrainedModel):
         self.check_inputs(input_ids, attention_mask, generate_kwargs)
         generate_kwargs.setdefault("do_sample", False)
         first = self.head.first_layer if isinstance(self.head, SelfInitHead) else None
-        capture = GenerationCapture(self.vlm.get_decoder(), self._head_hidden_indices(), first)
+        router = [self.config.router_layer] if think == "auto" and self.router is not None else []
+        capture = GenerationCapture(self.vlm.get_decoder(), self._head_hidden_indices(router), first)
+        gate = self._think_gate(think, capture, attention_mask, eos_token_ids[0], router_threshold)
+        if gate is not None:
+            generate_kwargs["logits_processor"] = [*generate_kwargs.get("logits_processor", []), gate]
         with capture():
             generated = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           max_new_tokens=max_new_tokens or self.config.max_ecr_tokens,
@@ -751,16 +856,18 @@ class TTEForEmbedding(TTEPreTrainedModel):
             self._final_decode_step(ecr_ids[:, new_tokens.shape[1] - 1:], decode_mask, capture.position_ids,
                                     generated.cache)
         mask = torch.cat([attention_mask, ecr_mask.to(attention_mask.dtype)], dim=1)
+        thought = gate.thinks if gate is not None else torch.ones(len(input_ids), dtype=torch.bool)
         return TTEGenerationOutput(embeddings=self.embed_states(capture.backbone_states(mask)),
-                                   sequences=generated.sequences, ecr_ids=ecr_ids, attention_mask=mask)
+                                   sequences=generated.sequences, ecr_ids=ecr_ids, attention_mask=mask,
+                                   thought=thought.to(input_ids.device))
 
-    def _head_hidden_indices(self) -> list[int]:
-        """The hidden-state indices (0 = embeddings, depth = final output) the head reads; none for self_init."""
-        if self.config.head_type == "self_init":
-            return []
+    def _head_hidden_indices(self, extra: list[int] = ()) -> list[int]:
+        """The hidden-state indices (0 = embeddings, depth = final output) the head reads (none for self_init), and
+        `extra` ones."""
         depth = self.config.num_backbone_layers
         qformer = self.config.head_type == "qformer"
         indices = self.config.resolved_qformer_layers if qformer else [self.config.head_layer]
+        indices = [*([] if self.config.head_type == "self_init" else indices), *extra]
         return sorted({index % (depth + 1) for index in indices})
 
     def _single_pass_tokens(self, generate_kwargs: dict) -> tuple[list[int], int]:

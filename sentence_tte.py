@@ -139,6 +139,8 @@ class TTESentenceModule(InputModule):
     each row's ECR with its own backbone and embeds prompt + ECR in the same pass
     (`TTEForEmbedding.generate_and_embed`): `features["ecr_ids"]` holds the ECR ids (so
     `encode(..., output_value=None)` returns them per row) and `ecr_for(row)` returns the ECR text written for a row.
+    With `think="auto"` the model's think router (`TTEConfig.router_layer`) decides per row whether it thinks, in
+    the same pass; a row it skips has an empty ECR (`ecr_for` returns `""`).
 
     Args:
         model ([`TTEForEmbedding`]): the embedding model.
@@ -211,6 +213,7 @@ class TTESentenceModule(InputModule):
                              f"either the `ecr` fields or `think`")
         features = dict(self.processor.process_reasoner_inputs(rows, task_type, side))
         features[GENERATION_KEY] = {"row_keys": [row_key(row) for row in rows],
+                                    "think": "auto" if think == "auto" else True,
                                     "max_new_tokens": max_new_tokens or self.max_new_tokens}
         return features
 
@@ -218,9 +221,9 @@ class TTESentenceModule(InputModule):
         if self.model.config.mode != "unified":
             raise ValueError("think needs a unified TTE model (config.mode='unified'); an embedder reads ECR written "
                              "by a separate reasoner: pass it in the rows' `ecr` field")
-        task_type = self.think_task_type if think is True else think
+        task_type = self.think_task_type if think in (True, "auto") else think
         if task_type not in TASK_TYPES:
-            raise ValueError(f"think must be True or a task type of {list(TASK_TYPES)}, got {think!r}")
+            raise ValueError(f"think must be True, 'auto' or a task type of {list(TASK_TYPES)}, got {think!r}")
         return task_type
 
     # ---------------------------------------------------------------- embedding
@@ -233,7 +236,8 @@ class TTESentenceModule(InputModule):
         if generation is None:
             features["sentence_embedding"] = self.model(**inputs).embeddings
             return features
-        output = self.model.generate_and_embed(**inputs, max_new_tokens=generation["max_new_tokens"])
+        output = self.model.generate_and_embed(**inputs, max_new_tokens=generation["max_new_tokens"],
+                                               think=generation["think"])
         texts = self.decode_ecr(output.ecr_ids, output.attention_mask[:, -output.ecr_ids.shape[1]:])
         self.written_ecr.update(zip(generation["row_keys"], texts, strict=True))
         features.update(sentence_embedding=output.embeddings, ecr_ids=output.ecr_ids)
