@@ -43,7 +43,7 @@ def _arguments(module: str) -> tuple:
              "eval.quickstart": "QuickstartArguments", "eval.synthetic.write": "SyntheticArguments",
              "eval.bench_encoder": "BenchEncoderArguments", "eval.bench_speed": "BenchSpeedArguments",
              "eval.bench_scale": "BenchScaleArguments", "eval.bench_gradcache_memory": "BenchGradCacheArguments",
-             "eval.bench_gpu": "BenchGPUArguments"}
+             "eval.bench_gpu": "BenchGPUArguments", "train.train_router": "RouterArguments"}
     module_object = __import__(module, fromlist=[names[module]])
     return (getattr(module_object, names[module]),)
 
@@ -55,6 +55,7 @@ CLIS = {"train.train_embedder": [], "train.distill_reasoner": ["--use_cpu", "tru
         "eval.bench_scale": [], "eval.bench_gradcache_memory": [],
         "eval.bench_gpu": [], "eval.demo_report": ["--results", "runs/demo/results.json"],
         "eval.bench_thinking": ["--run_dir", "runs/demo/seed0"],
+        "train.train_router": [],
         }  # module -> the options it needs besides the shared ones
 
 
