@@ -17,6 +17,19 @@ from PIL import Image
 COLOURS = ["red", "green", "blue", "yellow", "black", "white"]
 
 
+# The first lines of a script run in a fresh interpreter to load a saved folder: importing the project's own
+# modules fails there, so only the folder's remote code can provide the classes.
+BLOCK_PROJECT_MODULES = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"configuration_tte", "modeling_tte", "processing_tte", "prompts_tte",
+                                  "sentence_tte", "train", "eval", "tests"}:
+            raise ImportError(f"project module {name} must not be importable here")
+sys.meta_path.insert(0, Block())
+"""
+
+
 def solid(colour: str, size: int = 32) -> Image.Image:
     return Image.new("RGB", (size, size), colour)
 

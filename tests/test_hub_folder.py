@@ -10,18 +10,12 @@ import torch
 
 from modeling_tte import TTEForEmbedding
 from processing_tte import TTEProcessor
-from tests.helpers import mixed_rows
+from tests.helpers import BLOCK_PROJECT_MODULES, mixed_rows
 
 # Runs in a fresh interpreter in another directory. Importing the project's own modules is made to fail, so
 # only the files in the folder can provide the classes.
-FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"configuration_tte", "modeling_tte", "processing_tte", "prompts_tte", "train",
-                                      "eval", "tests"}:
-                raise ImportError(f"project module {name} must not be importable here")
-    sys.meta_path.insert(0, Block())
+FRESH_PROCESS = BLOCK_PROJECT_MODULES + textwrap.dedent("""
+    import sys
     import torch
     from PIL import Image
     from transformers import AutoModel, AutoProcessor

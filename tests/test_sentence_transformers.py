@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from modeling_tte import TTEForEmbedding
 from processing_tte import TTEProcessor
 from sentence_tte import TTESentenceModule, row_key, to_row
+from tests.helpers import BLOCK_PROJECT_MODULES
 
 MAX_NEW = 5
 TOLERANCE = 1e-5
@@ -50,14 +51,8 @@ namespace = {}
 exec(INPUTS_CODE, namespace)
 make_inputs = namespace["make_inputs"]
 
-FRESH_PROCESS = INPUTS_CODE + textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"configuration_tte", "modeling_tte", "processing_tte", "prompts_tte",
-                                      "sentence_tte", "train", "eval", "tests"}:
-                raise ImportError(f"project module {name} must not be importable here")
-    sys.meta_path.insert(0, Block())
+FRESH_PROCESS = BLOCK_PROJECT_MODULES + INPUTS_CODE + textwrap.dedent("""
+    import sys
     import torch
     from sentence_transformers import SentenceTransformer
     folder, other, out, unified = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"

@@ -15,7 +15,7 @@ from configuration_tte import TTEConfig
 from modeling_tte import TTEForEmbedding, two_pass_inputs
 from processing_tte import TTEProcessor
 from sentence_tte import TTESentenceModule, to_row
-from tests.helpers import mixed_rows
+from tests.helpers import BLOCK_PROJECT_MODULES, mixed_rows
 
 MAX_NEW = 5
 TOLERANCE = 1e-5
@@ -117,14 +117,8 @@ def test_router_needs_a_unified_model_and_a_trained_router(setup, tiny_qwen2_vl)
 
 
 # Runs in a fresh interpreter elsewhere, with the project's modules made unimportable: the folder's code only.
-FRESH_PROCESS = textwrap.dedent("""
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"configuration_tte", "modeling_tte", "processing_tte", "prompts_tte",
-                                      "sentence_tte", "train", "eval", "tests"}:
-                raise ImportError(f"project module {name} must not be importable here")
-    sys.meta_path.insert(0, Block())
+FRESH_PROCESS = BLOCK_PROJECT_MODULES + textwrap.dedent("""
+    import sys
     import torch
     from PIL import Image
     from sentence_transformers import SentenceTransformer
