@@ -47,17 +47,26 @@ def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_pa
     assert (tmp_path / "results.md").read_text() == table and (tmp_path / "noise.png").is_file()
 
     # the thinking-budget curve on the same run: budget 0 is the full-ECR embedder without ECR, a cut trace stays
-    # within its budget, a forced one ends with an answer
+    # within its budget, a forced one ends with an answer; the routed TTE_u rows run from always to never thinking
     from eval.bench_thinking import main as bench_thinking
 
     rows = bench_thinking(["--run_dir", str(tmp_path / "seed0"), "--output_dir", str(tmp_path / "thinking"),
-                           "--budgets", "0", "3", "--force_answer_tokens", "4"])
+                           "--budgets", "0", "3", "--force_answer_tokens", "4", "--head_steps", "4",
+                           "--thresholds", "0.5", "--latency_queries", "2"])
     assert [(r["budget"], r["style"]) for r in rows] == [(0, "none"), (3, "cut"), (3, "forced")]
     cut, forced = rows[1], rows[2]
     assert cut["tokens"] <= 3 < forced["tokens"] <= 3 + 4 + 4
     saved = json.loads((tmp_path / "thinking" / "thinking.json").read_text())
     assert set(saved["rows"][0]["scores"]) == set(saved["no_ecr_embedder"])
-    assert (tmp_path / "thinking" / "thinking.png").is_file()
+    assert (tmp_path / "thinking" / "thinking.png").is_file() and (tmp_path / "thinking" / "router.png").is_file()
+    routed = saved["router"]
+    assert [r["label"] for r in routed] == ["TTE_u always", "TTE_u router @ 0.5", "TTE_u never"]
+    assert routed[0]["think_fraction"] == 1 and routed[-1]["think_fraction"] == 0 == routed[-1]["query_tokens"]
+    assert routed[0]["query_tokens"] >= routed[1]["query_tokens"] >= 0
+    assert [r["variant"] for r in saved["latency"]] == ["no ECR (embedder)", "TTE_s two-model",
+                                                        *(r["label"] for r in routed)]
+    assert saved["latency"][-1]["tokens_per_query"] == 0 < saved["latency"][2]["tokens_per_query"]
+    assert saved["router_log"]["fitted"]["rows"] > 0
 
 
 def test_results_of_seeds_run_separately_merge_into_one_report(tmp_path):
