@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessor, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
@@ -845,19 +846,25 @@ class TTEForEmbedding(TTEPreTrainedModel):
         gate = self._think_gate(think, capture, attention_mask, eos_token_ids[0], router_threshold)
         if gate is not None:
             generate_kwargs["logits_processor"] = [*generate_kwargs.get("logits_processor", []), gate]
-        with capture():
-            generated = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                          max_new_tokens=max_new_tokens or self.config.max_ecr_tokens,
-                                          return_dict_in_generate=True, use_cache=True, **generate_kwargs)
+        with capture():  # the regions below are named for torch.profiler (`eval.bench_speed --profile`)
+            with record_function("tte.generate"):
+                generated = self.vlm.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                              max_new_tokens=max_new_tokens or self.config.max_ecr_tokens,
+                                              return_dict_in_generate=True, use_cache=True, **generate_kwargs)
             new_tokens = generated.sequences[:, input_ids.shape[1]:]
             ecr_ids, ecr_mask = ecr_from_generation(new_tokens, eos_token_ids, pad_token_id)
             # generate never feeds its last token (nor the eos appended to capped rows): one more cached decode step
             decode_mask = torch.cat([attention_mask, torch.ones_like(ecr_ids)], dim=1)
-            self._final_decode_step(ecr_ids[:, new_tokens.shape[1] - 1:], decode_mask, capture.position_ids,
-                                    generated.cache)
+            with record_function("tte.final_decode_step"):
+                self._final_decode_step(ecr_ids[:, new_tokens.shape[1] - 1:], decode_mask, capture.position_ids,
+                                        generated.cache)
         mask = torch.cat([attention_mask, ecr_mask.to(attention_mask.dtype)], dim=1)
         thought = gate.thinks if gate is not None else torch.ones(len(input_ids), dtype=torch.bool)
-        return TTEGenerationOutput(embeddings=self.embed_states(capture.backbone_states(mask)),
+        with record_function("tte.merge_states"):
+            states = capture.backbone_states(mask)
+        with record_function("tte.head"):
+            embeddings = self.embed_states(states)
+        return TTEGenerationOutput(embeddings=embeddings,
                                    sequences=generated.sequences, ecr_ids=ecr_ids, attention_mask=mask,
                                    thought=thought.to(input_ids.device))
 

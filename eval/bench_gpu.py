@@ -7,7 +7,8 @@ Runs, on `--device` (default CUDA):
 1. `eval.bench_speed --preset 2b` (the Qwen2-VL-2B shape, random bf16 weights) once per attention kernel:
    `sdpa`, and `flash_attention_2` when the `flash_attn` package is installed (else reported as skipped):
    embedding (bucketed and naive), batched and sequential ECR generation with HF `generate`, and single-pass
-   think-and-embed per head, each with rows/s and peak memory (`torch.cuda.max_memory_allocated`);
+   think-and-embed per head, each with rows/s and peak memory (`torch.cuda.max_memory_allocated`), and where one
+   single pass per head spends its device time (`--profile`);
 2. `eval.bench_encoder` (the MMEB `Encoder` on 640x480 JPEGs) with 0, 2 and 4 preprocessing workers, with the
    accelerator's utilisation sampled every 0.1 s while it runs (`torch.cuda.utilization`, which needs the
    `nvidia-ml-py` package; reported as not measured without it).
@@ -81,7 +82,7 @@ def run_speed(args: BenchGPUArguments, out: Path) -> dict:
 
     results = {}
     for kernel in kernels():
-        argv = ["--preset", "2b", "--device", args.device, "--attn_implementation", kernel,
+        argv = ["--preset", "2b", "--device", args.device, "--attn_implementation", kernel, "--profile",
                 "--json", str(out / f"speed_{kernel}.json")]
         argv += ["--dry_run", "--num_layers", "1", "--vision_depth", "1"] if args.dry_run else []
         results[kernel] = bench_speed.main(argv)
@@ -104,7 +105,7 @@ def run_encoder(args: BenchGPUArguments, out: Path) -> dict:
 def summary(speed: dict, encoder: dict) -> str:
     """The tables of both halves as markdown."""
     from eval.bench_encoder import table as encoder_table
-    from eval.bench_speed import table
+    from eval.bench_speed import profile_table, table
 
     lines = ["# GPU benchmark", ""]
     for kernel, result in speed.items():
@@ -112,7 +113,8 @@ def summary(speed: dict, encoder: dict) -> str:
         if "skipped" in result:
             lines += ["", f"skipped: {result['skipped']}", ""]
             continue
-        lines += ["", result["heading"], "", table(result), ""]
+        lines += ["", result["heading"], "", table(result), "", "single pass per region (torch.profiler, device time):",
+                  "", profile_table(result), ""]
     utilisation = (f"accelerator utilisation while encoding: mean {encoder['utilisation_mean']:.0f}%, max "
                    f"{encoder['utilisation_max']}% ({encoder['samples']} samples)" if "utilisation_mean" in encoder
                    else f"accelerator utilisation: not measured ({encoder['why']})")

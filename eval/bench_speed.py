@@ -78,10 +78,12 @@ def _peak_mib(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def race(runs: dict, repeats: int, device: torch.device, clock=time.perf_counter) -> dict[str, dict]:
+def race(runs: dict, repeats: int, device: torch.device, clock=time.perf_counter,
+         warmups: dict | None = None) -> dict[str, dict]:
     """Time each of `runs` (name -> callable) in `repeats` rounds after one warm-up round, in alternating order
-    (forward, then backward), so that paired runs see the same machine load. Per name: the time of each round
-    (`times`), the best time (`seconds`), the peak memory in MiB and the last result."""
+    (forward, then backward), so that paired runs see the same machine load. The warm-up round calls `warmups`
+    (name -> a smaller callable of the same path) where given. Per name: the time of each round (`times`), the best
+    time (`seconds`), the peak memory in MiB and the last result."""
     results = {name: {"times": [], "peak_mib": 0.0, "result": None} for name in runs}
     names = list(runs)
     for round_index in range(repeats + 1):
@@ -89,7 +91,8 @@ def race(runs: dict, repeats: int, device: torch.device, clock=time.perf_counter
             _sync(device)
             _reset_peak(device)
             start = clock()
-            result = runs[name]()
+            warming = round_index == 0 and repeats and warmups
+            result = (warmups[name] if warming else runs[name])()
             _sync(device)
             seconds = clock() - start
             entry = results[name]
@@ -162,12 +165,34 @@ def _load(args, dtype) -> dict:
     return {"dtype": dtype, **({"attn_implementation": args.attn_implementation} if args.attn_implementation else {})}
 
 
+WARMUP_TOKENS = 4  # generated tokens of a think-and-embed warm-up call (it only has to run every path once)
+PROFILED = ("tte.generate", "tte.final_decode_step", "tte.merge_states", "tte.head")  # regions of generate_and_embed
+
+
+def profile_single_pass(model, batch: dict, tokens: dict, device: torch.device) -> dict:
+    """Seconds of one `generate_and_embed` call in each of its named regions (`PROFILED`, under torch.profiler: CPU
+    time, or device time on CUDA), the whole call, and the rest (the capture hooks' appends, ECR bookkeeping)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler, torch.profiler.record_function("tte.single_pass"):
+        model.generate_and_embed(**batch, **tokens)
+        _sync(device)
+    field_name = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    totals = {event.key: getattr(event, field_name) / 1e6 for event in profiler.key_averages()}
+    regions = {name.removeprefix("tte."): totals.get(name, 0.0) for name in PROFILED}
+    whole = totals["tte.single_pass"] or sum(regions.values())
+    return {**regions, "total": whole, "rest": max(0.0, whole - sum(regions.values()))}
+
+
 def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> list[dict]:
-    """Per head: generate only, single pass and two pass, on one left-padded batch of `args.batch` prompts."""
+    """Per head: generate only, single pass and two pass, on one left-padded batch of `args.batch` prompts (the
+    warm-up round generates `WARMUP_TOKENS`); with `args.profile`, where one single pass spends its time."""
     rows = reasoner_rows(args.batch, random.Random(args.seed))
     batch = processor.process_reasoner_inputs(rows, task_type="vqa").to(device)
     prompt_length = batch["input_ids"].shape[1]
     tokens = {"max_new_tokens": args.gen_tokens, "min_new_tokens": args.gen_tokens, "do_sample": False}
+    short = {**tokens, "max_new_tokens": WARMUP_TOKENS, "min_new_tokens": WARMUP_TOKENS}
     records = []
     for head in args.head:
         model = TTEForEmbedding.from_backbone(path, mode="unified", head_type=head,
@@ -178,25 +203,40 @@ def bench_think_and_embed(path: str, processor, args, device, dtype, clock) -> l
         pad = model.vlm.generation_config.pad_token_id
         pad = eos[0] if pad is None else pad
 
-        def two_pass(model=model, eos=eos, pad=pad):
-            sequences = model.vlm.generate(**batch, **tokens)
+        def two_pass(settings, model=model, eos=eos, pad=pad):
+            sequences = model.vlm.generate(**batch, **settings)
             ecr_ids, ecr_mask = ecr_from_generation(sequences[:, prompt_length:], eos, pad)
             mask = torch.cat([batch["attention_mask"], ecr_mask.to(batch["attention_mask"].dtype)], dim=1)
             inputs = two_pass_inputs(batch, TTEGenerationOutput(ecr_ids=ecr_ids, attention_mask=mask))
             return model(**inputs).embeddings
 
+        def paths(settings, model=model):
+            return {"generate": lambda: model.vlm.generate(**batch, **settings),
+                    "single": lambda: model.generate_and_embed(**batch, **settings).embeddings,
+                    "two_pass": lambda: two_pass(settings)}
+
         with torch.inference_mode():
-            runs = {"generate": lambda model=model: model.vlm.generate(**batch, **tokens),
-                    "single": lambda model=model: model.generate_and_embed(**batch, **tokens).embeddings,
-                    "two_pass": two_pass}
-            result = race(runs, args.repeats, device, clock)
+            result = race(paths(tokens), args.repeats, device, clock, warmups=paths(short))
+            profiled = {"profile": profile_single_pass(model, batch, tokens, device)} if args.profile else {}
         diff = (result["single"]["result"].float() - result["two_pass"]["result"].float()).abs().max().item()
         records.append({"head": head, "max_abs_diff": diff,
                         **{name: _throughput(len(rows), entry) for name, entry in result.items()},
                         "single/generate": ratio(result, "single", "generate"),
-                        "two-pass/single": ratio(result, "two_pass", "single")})
+                        "two-pass/single": ratio(result, "two_pass", "single"), **profiled})
         del model
     return records
+
+
+def padded_tokens(lengths: list[int], batch_size: int) -> dict:
+    """Token positions the language model runs over (rows x padded length), batched in order (`naive`) and as the
+    `Encoder` buckets them, and their ratio: what bucketing can save in the decoder at most (the vision tower
+    runs unpadded either way)."""
+    from train.batching import length_sorted_batches
+
+    naive = sum(len(chunk) * max(chunk) for chunk in (lengths[i:i + batch_size]
+                                                      for i in range(0, len(lengths), batch_size)))
+    bucketed = sum(len(batch) * max(lengths[i] for i in batch) for batch in length_sorted_batches(lengths, batch_size))
+    return {"rows": sum(lengths), "naive": naive, "bucketed": bucketed, "naive/bucketed": naive / bucketed}
 
 
 def bench_encoding(path: str, processor, args, device, dtype, clock) -> dict:
@@ -206,10 +246,14 @@ def bench_encoding(path: str, processor, args, device, dtype, clock) -> dict:
     lengths = [processor.process_queries([row])["input_ids"].shape[1] for row in rows]
     runs = {"naive": Encoder(model, processor, batch_size=args.encode_batch, device=device, bucket=False),
             "bucketed": Encoder(model, processor, batch_size=args.encode_batch, device=device)}
-    result = race({name: lambda encoder=encoder: encoder.encode(rows, "query") for name, encoder in runs.items()},
-                  args.repeats, device, clock)
+
+    def encodings(subset):
+        return {name: lambda encoder=encoder: encoder.encode(subset, "query") for name, encoder in runs.items()}
+
+    result = race(encodings(rows), args.repeats, device, clock, warmups=encodings(rows[:args.encode_batch]))
     diff = (result["bucketed"]["result"] - result["naive"]["result"]).abs().max().item()
     return {"rows": len(rows), "min_tokens": min(lengths), "max_tokens": max(lengths), "max_abs_diff": diff,
+            "padded_tokens": padded_tokens(lengths, args.encode_batch),
             **{name: _throughput(len(rows), entry) for name, entry in result.items()},
             "bucketed/naive": ratio(result, "naive", "bucketed")}
 
@@ -223,10 +267,12 @@ def bench_generation(path: str, processor, args, device, dtype, clock) -> dict:
     backend.check()
     rows = reasoner_rows(args.gen_batch, random.Random(args.seed + 1))
     requests = [ECRRequest("bench", str(index), "query", row, "vqa") for index, row in enumerate(rows)]
-    runs = {"sequential": lambda: [backend.generate([request])[0] for request in requests],
-            "batched": lambda: backend.generate(requests)}
-    result = race(runs, args.repeats, device, clock)
-    texts = [[out.text for out in result[name]["result"]] for name in runs]
+    def generations(subset):
+        return {"sequential": lambda: [backend.generate([request])[0] for request in subset],
+                "batched": lambda: backend.generate(subset)}
+
+    result = race(generations(requests), args.repeats, device, clock, warmups=generations(requests[:2]))
+    texts = [[out.text for out in result[name]["result"]] for name in result]
     return {"rows": len(rows), "ecr_tokens": [out.num_tokens for out in result["batched"]["result"]],
             "same_texts": texts[0] == texts[1],
             **{name: _throughput(len(rows), entry) for name, entry in result.items()},
@@ -257,11 +303,28 @@ def table(results: dict) -> str:
         enc = results["encoding"]
         lines.append(_line(f"encoding {enc['rows']} rows ({enc['min_tokens']}-{enc['max_tokens']} tokens)",
                            "bucketed/naive", enc["bucketed/naive"], enc["naive"], enc["bucketed"],
-                           f"max diff {enc['max_abs_diff']:.1e}"))
+                           f"max diff {enc['max_abs_diff']:.1e}; padded tokens naive/bucketed "
+                           f"{enc['padded_tokens']['naive/bucketed']:.2f}"))
     if "generation" in results:
         gen = results["generation"]
         lines.append(_line(f"ECR generation, {gen['rows']} rows", "batched/sequential", gen["batched/sequential"],
                            gen["sequential"], gen["batched"], f"same ECR: {gen['same_texts']}"))
+    return "\n".join(lines)
+
+
+def profile_table(results: dict) -> str:
+    """Where one single pass spends its time, per head (from `--profile`), beside the second pass it replaces (two
+    pass minus generate only, best rounds); the two-pass/single ratio can reach at most (generate + second pass) /
+    (generate + head's own share)."""
+    lines = ["| head | generate | final decode step | merge states | head | rest | single pass | second pass it "
+             "replaces | head / second pass |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for record in results["think_and_embed"]:
+        p = record["profile"]
+        second = record["two_pass"]["seconds"] - record["generate"]["seconds"]
+        own = p["final_decode_step"] + p["merge_states"] + p["head"]
+        lines.append(f"| `{record['head']}` | {p['generate']:.3f} | {p['final_decode_step']:.3f} | "
+                     f"{p['merge_states']:.3f} | {p['head']:.3f} | {p['rest']:.3f} | {p['total']:.3f} | "
+                     f"{second:.3f} | {own / second if second > 0 else float('nan'):.2f} |")
     return "\n".join(lines)
 
 
@@ -275,7 +338,7 @@ PRESETS = {  # backbone shape and run sizes; options given on the command line w
     # real proportions that run on a 2-core CPU: the head is a small share of a forward, as in a real checkpoint
     "mid": dict(hidden_size=768, num_layers=12, num_heads=6, num_kv_heads=2, intermediate_size=2816,
                 vision_depth=4, vision_width=256, vision_heads=4, vision_mlp_ratio=4, patch_size=14, batch=4,
-                gen_tokens=128, encode_rows=24, encode_batch=8, gen_batch=8, repeats=2),
+                gen_tokens=128, encode_rows=64, encode_batch=8, gen_batch=8, repeats=2),
     # the Qwen2-VL-2B shape (random weights, bf16): for a GPU
     "2b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
                vision_depth=32, vision_width=1280, vision_heads=16, vision_mlp_ratio=4, patch_size=14, batch=8,
@@ -316,6 +379,8 @@ class BenchSpeedArguments:
     skip: list[str] = field(default_factory=list, metadata={
         "choices": ["think_and_embed", "encoding", "generation"], "help": "benchmarks to leave out"})
     repeats: int | None = field(default=None, metadata={"help": "timed rounds (best counts), after one warm-up"})
+    profile: bool = field(default=False, metadata={
+        "help": "also profile one single pass per head (torch.profiler): generate, final step, merge, head"})
     clock: str = field(default="wall", metadata={
         "choices": ["wall", "process"],
         "help": "wall-clock time, or this process's CPU time (CPU only: steadier on a shared machine)"})
@@ -384,6 +449,9 @@ def main(argv=None) -> dict:
                 results[name] = bench(path, processor, args, device, dtype, clock)
     print(results["heading"])
     print(table(results))
+    if args.profile and results["think_and_embed"]:
+        print("\nSeconds of one single pass per region (torch.profiler, which slows every op it records):")
+        print(profile_table(results))
     Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")
     return results

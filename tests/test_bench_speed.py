@@ -13,18 +13,37 @@ def test_benchmark_runs_and_fast_paths_match_their_baselines(tmp_path, capsys):
     results = bench_speed.main(["--hidden-size", "32", "--num-layers", "2", "--gen-tokens", "4", "--batch", "3",
                                 "--encode-rows", "6", "--encode-batch", "2", "--gen-batch", "3", "--repeats", "1",
                                 "--head", "last_token", "self_init", "--threads", "1", "--clock", "process",
-                                "--json", str(out)])
+                                "--profile", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(results, default=str))
     assert [record["head"] for record in results["think_and_embed"]] == ["last_token", "self_init"]
     for record in results["think_and_embed"]:
         assert record["max_abs_diff"] < 1e-4
         assert record["single/generate"] > 0 and record["two-pass/single"] > 0
         assert record["single"]["rows_per_s"] > 0 and record["single"]["peak_mib"] > 0
+        regions = record["profile"]
+        assert min(regions[name] for name in ("generate", "final_decode_step", "merge_states", "head")) > 0
+        assert regions["total"] >= regions["generate"] + regions["head"]
     assert results["settings"]["num_head_layers"] == 1  # 8 of 28 layers, scaled to 2 (at least one)
     assert results["encoding"]["max_abs_diff"] < 1e-5 and results["encoding"]["rows"] == 6
     assert results["generation"]["same_texts"] and results["generation"]["ecr_tokens"] == [4, 4, 4]
+    assert results["encoding"]["padded_tokens"]["naive/bucketed"] >= 1
     printed = capsys.readouterr().out
     assert printed.count("| think-and-embed") == 4 and "bucketed/naive" in printed and "batched/sequential" in printed
+    assert "| `self_init` |" in printed.split("Seconds of one single pass")[1]
+
+
+def test_padded_tokens_count_what_bucketing_saves():
+    padded = bench_speed.padded_tokens([1, 10, 1, 10, 3], batch_size=2)
+    assert (padded["rows"], padded["naive"], padded["bucketed"]) == (25, 10 * 2 + 10 * 2 + 3, 10 * 2 + 3 * 2 + 1)
+
+
+def test_the_warm_up_round_calls_the_warm_ups_and_is_not_timed():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    warmups = {"a": lambda: calls.append("warm a"), "b": lambda: calls.append("warm b")}
+    results = bench_speed.race(runs, 2, bench_speed.torch.device("cpu"), warmups=warmups)
+    assert calls == ["warm b", "warm a", "a", "b", "b", "a"]
+    assert [len(entry["times"]) for entry in results.values()] == [2, 2]
 
 
 def test_presets_give_real_shapes_and_the_command_line_wins():
@@ -53,3 +72,4 @@ def test_the_gpu_command_dry_runs_on_the_cpu(tmp_path, capsys):
     assert {r["workers"] for r in results["encoder"]["records"] if "workers" in r} >= {0, 2, 4}
     summary = (tmp_path / "summary.md").read_text()
     assert "accelerator utilisation: not measured" in summary and (tmp_path / "speed_sdpa.json").is_file()
+    assert all(record["profile"]["head"] > 0 for record in sdpa["think_and_embed"]) and "| `qformer` |" in summary
