@@ -113,8 +113,8 @@ def summary(speed: dict, encoder: dict) -> str:
         if "skipped" in result:
             lines += ["", f"skipped: {result['skipped']}", ""]
             continue
-        lines += ["", result["heading"], "", table(result), "", "single pass per region (torch.profiler, device time):",
-                  "", profile_table(result), ""]
+        lines += ["", result["heading"], "", table(result), "",
+                  "one single pass per region (torch.profiler, device time):", "", profile_table(result), ""]
     utilisation = (f"accelerator utilisation while encoding: mean {encoder['utilisation_mean']:.0f}%, max "
                    f"{encoder['utilisation_max']}% ({encoder['samples']} samples)" if "utilisation_mean" in encoder
                    else f"accelerator utilisation: not measured ({encoder['why']})")

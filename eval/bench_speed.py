@@ -313,18 +313,19 @@ def table(results: dict) -> str:
 
 
 def profile_table(results: dict) -> str:
-    """Where one single pass spends its time, per head (from `--profile`), beside the second pass it replaces (two
-    pass minus generate only, best rounds); the two-pass/single ratio can reach at most (generate + second pass) /
-    (generate + head's own share)."""
-    lines = ["| head | generate | final decode step | merge states | head | rest | single pass | second pass it "
-             "replaces | head / second pass |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Where one single pass spends its time, per head (from `--profile`): each region's share of the profiled call
+    (the profiler slows every op, so shares, not its seconds, are reported), the head's own work (final decode step,
+    state merge, head) in seconds of the timed single pass, and the second pass it replaces (two pass minus
+    generate only, best rounds). Two-pass/single can reach at most (generate + second pass) / (generate + own)."""
+    regions = ("generate", "final_decode_step", "merge_states", "head", "rest")
+    lines = ["| head | " + " | ".join(f"{name} %" for name in regions) + " | own work, s | second pass it replaces, "
+             "s | own / second pass |", "|---|" + "---:|" * (len(regions) + 3)]
     for record in results["think_and_embed"]:
         p = record["profile"]
+        own = (p["final_decode_step"] + p["merge_states"] + p["head"]) / p["total"] * record["single"]["seconds"]
         second = record["two_pass"]["seconds"] - record["generate"]["seconds"]
-        own = p["final_decode_step"] + p["merge_states"] + p["head"]
-        lines.append(f"| `{record['head']}` | {p['generate']:.3f} | {p['final_decode_step']:.3f} | "
-                     f"{p['merge_states']:.3f} | {p['head']:.3f} | {p['rest']:.3f} | {p['total']:.3f} | "
-                     f"{second:.3f} | {own / second if second > 0 else float('nan'):.2f} |")
+        lines.append(f"| `{record['head']}` | " + " | ".join(f"{100 * p[name] / p['total']:.1f}" for name in regions)
+                     + f" | {own:.3f} | {second:.3f} | {own / second if second > 0 else float('nan'):.2f} |")
     return "\n".join(lines)
 
 
@@ -450,7 +451,7 @@ def main(argv=None) -> dict:
     print(results["heading"])
     print(table(results))
     if args.profile and results["think_and_embed"]:
-        print("\nSeconds of one single pass per region (torch.profiler, which slows every op it records):")
+        print("\nOne single pass per region (torch.profiler):")
         print(profile_table(results))
     Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from eval.demo_report import write_report
+from eval.demo_stages import Stages
 from eval.ecr import attach_ecr
 from eval.harness import evaluate_model
 from eval.mmeb import DataSource, load_task
@@ -85,25 +86,12 @@ class DemoArguments:
         "help": "also joint training, the ECR-noise curve and the head-layer ablation (eval.demo_ablations)"})
     rl: bool = field(default=False, metadata={
         "help": "also the SFT student trained further with GRPO, the embedder as its reward (eval.demo_rl)"})
+    jobs: int = field(default_factory=lambda: min(4, os.cpu_count() or 1), metadata={
+        "help": "worker processes for the trainings that do not wait on each other (1: all in this process)"})
 
 
 QUICK = dict(num_train=48, num_test=12, pretrain_rows=32, pretrain_steps=4, sft_steps=6, sft_batch=8, embed_steps=4,
              head_steps=4, embed_batch=8, max_new_tokens=24, rl_steps=2, rl_batch=8, rl_generations=4, rl_log_every=1)
-
-
-class Stages:
-    """Runs named stages and records each one's wall time."""
-
-    def __init__(self, seconds: dict):
-        self.seconds = seconds
-
-    def __call__(self, name: str, function, *args, **kwargs):
-        start = time.perf_counter()
-        logger.info("stage %s ...", name)
-        result = function(*args, **kwargs)
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 1)
-        logger.info("stage %s done in %.1f s", name, self.seconds[name])
-        return result
 
 
 def training_datasets(data: Path) -> list[dict]:
@@ -228,12 +216,17 @@ def variants(out: Path, data: Path, heads) -> list[tuple[str, Path, Path | None,
     return rows + [(f"TTE_u {head}", out / f"unified-{head}", out / "ecr-student", "full") for head in heads]
 
 
-def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False, rl: bool = False) -> dict:
-    """Every stage for one seed (a rerun skips finished stages' outputs); returns scores and student accuracy."""
+def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False, rl: bool = False, jobs: int = 1) -> dict:
+    """Every stage for one seed (a rerun skips finished stages' outputs), the independent trainings in `jobs` worker
+    processes; returns scores and student accuracy."""
+    with Stages(s.stage_seconds, jobs) as stage:
+        return _run_seed(stage, out, seed, s, ablations, rl)
+
+
+def _run_seed(stage: Stages, out: Path, seed: int, s: DemoSettings, ablations: bool, rl: bool) -> dict:
     from train.tiny_backbone import write_tiny_backbone
 
-    stage, data = Stages(s.stage_seconds), out / "data"
-    backbone = out / "backbone"
+    data, backbone = out / "data", out / "backbone"
     if not (backbone / "config.json").is_file():
         stage("backbone", write_tiny_backbone, backbone, "qwen2_vl", seed=seed, hidden_size=s.hidden_size,
               num_layers=s.num_layers, vision_depth=2, vision_width=64)
@@ -241,18 +234,21 @@ def run_seed(out: Path, seed: int, s: DemoSettings, ablations: bool = False, rl:
         stage("data + teacher ECR", write_benchmark, data, s.num_train, s.num_test, seed)
     teacher = data / "ecr-teacher"
     backbone = stage("perception pretraining", pretrain_backbone, backbone, data, out / "pretrained", s, seed)
-    student = stage("student SFT", distill_student, backbone, data, teacher, out / "student", s, seed)
-    accuracy = {"full": stage("student ECR", student_ecr, student, data, out / "ecr-student", s)}
+    # everything below needs only the pretrained backbone and the students: submitted longest chain first
+    student = stage.submit("student SFT", distill_student, backbone, data, teacher, out / "student", s, seed)
     short = answer_only_store(teacher, out / "ecr-teacher-answer")
-    student_short = stage("answer-only student SFT", distill_student, backbone, data, short,
-                          out / "student-answer", s, seed)
-    accuracy["answer_only"] = stage("answer-only student ECR", student_ecr, student_short, data,
-                                    out / "ecr-student-answer", s)
-    for name, ecr_mode in (("none", "none"), ("full", "full"), ("answer", "answer_only")):
-        stage("embedders", train_embedder, backbone, data, out / f"embed-{name}", s, seed, ecr_mode)
-    for head in s.heads:
-        stage("TTE_u heads", train_embedder, student, data, out / f"unified-{head}", s, seed, "full",
-              mode="unified", head_type=head)
+    student_short = stage.submit("answer-only student SFT", distill_student, backbone, data, short,
+                                 out / "student-answer", s, seed)
+    heads = [stage.submit("TTE_u heads", train_embedder, student, data, out / f"unified-{head}", s, seed, "full",
+                          mode="unified", head_type=head) for head in s.heads]
+    accuracy = {"full": stage.submit("student ECR", student_ecr, student, data, out / "ecr-student", s),
+                "answer_only": stage.submit("answer-only student ECR", student_ecr, student_short, data,
+                                            out / "ecr-student-answer", s)}
+    embedders = [stage.submit("embedders", train_embedder, backbone, data, out / f"embed-{name}", s, seed, ecr_mode)
+                 for name, ecr_mode in (("none", "none"), ("full", "full"), ("answer", "answer_only"))]
+    for future in (*heads, *embedders):
+        future.result()
+    student, accuracy = student.result(), {name: future.result() for name, future in accuracy.items()}
     scores = {}
     for name, model, store, ecr_mode in variants(out, data, s.heads):
         slug = name.split(" (")[0].replace(" ", "-").lower()
@@ -282,7 +278,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)  # 2 threads on 2 shared cores was several times slower (DEMO-FINDINGS)
     settings = replace(DemoSettings(), **QUICK) if args.quick else DemoSettings()
     out, start = Path(args.output_dir), time.perf_counter()
-    runs = [run_seed(out / f"seed{seed}", seed, settings, args.ablations, args.rl) for seed in args.seeds]
+    runs = [run_seed(out / f"seed{seed}", seed, settings, args.ablations, args.rl, args.jobs) for seed in args.seeds]
     results = {"settings": {k: v for k, v in asdict(settings).items() if k != "stage_seconds"},
                "quick": args.quick, "ablations": args.ablations, "rl": args.rl, "runs": runs,
                "stage_seconds": settings.stage_seconds, "total_seconds": round(time.perf_counter() - start, 1),

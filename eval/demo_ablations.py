@@ -54,9 +54,15 @@ def run_ablations(out: Path, data: Path, pretrained: Path, student: Path, s, see
     """Train and evaluate every ablation of one seed; returns `(scores per variant, joint model answer accuracy)`."""
     from eval.demo import evaluate, self_init_layers, student_ecr, train_embedder
 
-    scores = {}
-    joint = stage("joint SFT + InfoNCE", train_embedder, pretrained, data, out / "embed-joint", s, seed, "full",
-                  "embedder", "last_token", -1, "--sft_loss_weight", str(s.joint_sft_weight))
+    deep = -1 - self_init_layers(s.num_layers)  # the hidden state entering the layers self_init copies
+    folders = {(head, layer): out / f"unified-{head}" if layer == -1 else out / f"unified-{head}-layer{layer}"
+               for head in LAYER_HEADS for layer in (-1, deep)}
+    # the trainings first (in the stage workers, side by side), then generation and evaluation here
+    joint = stage.submit("joint SFT + InfoNCE", train_embedder, pretrained, data, out / "embed-joint", s, seed,
+                         "full", "embedder", "last_token", -1, "--sft_loss_weight", str(s.joint_sft_weight))
+    models = {key: stage.submit("TTE_u heads", train_embedder, student, data, folder, s, seed, "full", "unified",
+                                key[0], key[1]) for key, folder in folders.items()}
+    scores, joint = {}, joint.result()
     accuracy = stage("joint ECR", student_ecr, None, data, out / "ecr-joint", s,
                      backend=joint_backend(joint, s.max_new_tokens))
     scores["Joint SFT + InfoNCE (own ECR)"] = stage("evaluation", evaluate, joint, data, out / "eval" / "joint",
@@ -69,12 +75,8 @@ def run_ablations(out: Path, data: Path, pretrained: Path, student: Path, s, see
     scores["TTE_t embedder, answer-only student ECR"] = stage(
         "evaluation", evaluate, out / "embed-full", data, out / "eval" / "full-with-answer-ecr",
         out / "ecr-student-answer", "full")
-    deep = -1 - self_init_layers(s.num_layers)  # the hidden state entering the layers self_init copies
-    for head in LAYER_HEADS:
-        for layer in (-1, deep):
-            folder = out / f"unified-{head}" if layer == -1 else out / f"unified-{head}-layer{layer}"
-            model = stage("TTE_u heads", train_embedder, student, data, folder, s, seed, "full", "unified", head,
-                          layer)
-            scores[layer_variant(head, layer)] = stage("evaluation", evaluate, model, data,
-                                                       out / "eval" / f"{folder.name}", out / "ecr-student", "full")
+    for (head, layer), model in models.items():
+        scores[layer_variant(head, layer)] = stage("evaluation", evaluate, model, data,
+                                                   out / "eval" / f"{folders[head, layer].name}", out / "ecr-student",
+                                                   "full")
     return scores, accuracy

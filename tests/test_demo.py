@@ -16,7 +16,7 @@ CORE = ["No ECR", "TTE_t (teacher ECR)", "TTE_s (student ECR)", "Answer-only (st
 
 
 def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_path):
-    results = main(["--quick", "--ablations", "--rl", "--out", str(tmp_path)])
+    results = main(["--quick", "--ablations", "--rl", "--jobs", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     variants = list(saved["table"])
     assert variants[:len(CORE)] == CORE
@@ -40,6 +40,12 @@ def test_quick_demo_with_ablations_runs_every_stage_and_writes_the_report(tmp_pa
     for name in ("pretrained", "student", "embed-full", "embed-joint", "unified-self_init", "ecr-joint",
                  "student-rl", "ecr-student-rl"):
         assert (tmp_path / "seed0" / name).is_dir()
+
+    # the trainings run in two worker processes compute what one process computes, stage by stage in order
+    alone = main(["--quick", "--jobs", "1", "--out", str(tmp_path / "one-process")])
+    assert alone["runs"][0]["scores"] == {name: results["runs"][0]["scores"][name] for name in CORE}
+    assert alone["runs"][0]["student_answer_accuracy"] == {
+        name: results["runs"][0]["student_answer_accuracy"][name] for name in ("full", "answer_only")}
 
     (tmp_path / "results.md").unlink()
     (tmp_path / "noise.png").unlink()
