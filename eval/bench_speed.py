@@ -1,7 +1,7 @@
 """Speed benchmark: each fast path against its baseline, in one process, on the same inputs; prints ratios.
 
     python -m eval.bench_speed                     # a tiny random backbone (hidden 128, 4 layers), built in a temp dir
-    python -m eval.bench_speed --preset mid        # real proportions on a CPU (hidden 768, 12 layers), ~10 min
+    python -m eval.bench_speed --preset mid        # real proportions on a CPU (hidden 768, 12 layers), 13-23 min
     python -m eval.bench_speed --preset 2b --device cuda   # the Qwen2-VL-2B shape, random bf16 weights
     python -m eval.bench_speed --preset 2b --dry_run --num_layers 1 --vision_depth 1   # argument check, one row
     python -m eval.bench_speed --model_name_or_path Qwen/Qwen2-VL-2B-Instruct --device cuda --head self_init qformer

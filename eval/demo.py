@@ -1,6 +1,6 @@
 """The main job: an offline, end-to-end Think-Then-Embed run that reproduces the paper's ablations in miniature.
 
-    python -m eval.demo --output_dir runs/demo            # default run (about 21 minutes on a 2-core CPU)
+    python -m eval.demo --output_dir runs/demo            # default run (about 21 minutes on a 2-core CPU, --jobs 2)
     python -m eval.demo --output_dir runs/demo-quick --quick   # about 40 seconds
     python -m eval.demo --output_dir runs/demo-seeds --seeds 0 1 2   # mean over seeds
     python -m eval.demo --output_dir runs/demo --ablations        # + joint training, ECR noise, head layers (25 min)
