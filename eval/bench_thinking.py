@@ -49,11 +49,13 @@ class BenchThinkingArguments:
     latency_queries: int = field(default=16, metadata={"help": "queries per task timed for the latency table"})
 
 
-def _tokens(store_path: Path, tokenizer) -> float:
+def mean_ecr_tokens(store_path: Path, tokenizer, side: str | None = None) -> float:
+    """Mean ECR tokens per record of the store (of `side` only, when given); an empty ECR counts 0."""
     from train.ecr_store import ECRStore
 
-    records = list(ECRStore(store_path))
-    return mean(len(tokenizer(r.ecr, add_special_tokens=False)["input_ids"]) for r in records) if records else 0.0
+    counts = [len(tokenizer(r.ecr, add_special_tokens=False)["input_ids"]) for r in ECRStore(store_path)
+              if side is None or r.side == side]
+    return mean(counts) if counts else 0.0
 
 
 def measure(run: Path, out: Path, budget: int, style: str, force_tokens: int, tokenizer) -> dict:
@@ -74,7 +76,7 @@ def measure(run: Path, out: Path, budget: int, style: str, force_tokens: int, to
     seconds = time.perf_counter() - start
     scores = evaluate(run / "embed-full", data, out / "eval" / store.name, store, "full")
     return {"budget": budget, "style": style, "scores": scores, "answer_accuracy": accuracy,
-            "tokens": _tokens(store, tokenizer), "seconds_per_row": seconds / max(backend.generated_rows, 1)}
+            "tokens": mean_ecr_tokens(store, tokenizer), "seconds_per_row": seconds / max(backend.generated_rows, 1)}
 
 
 def curve(path: Path, rows: list[dict], baseline: float, width: int = 640, height: int = 400) -> None:

@@ -86,15 +86,10 @@ def routed_store(source: Path, skipped: set[tuple[str, str]], out: Path) -> Path
     return out
 
 
-def query_tokens(store: Path, tokenizer) -> float:
-    """Mean ECR tokens per test query in `store` (an empty ECR counts 0)."""
-    queries = [r.ecr for r in ECRStore(store) if r.side == "query"]
-    return mean(len(tokenizer(ecr, add_special_tokens=False)["input_ids"]) if ecr else 0 for ecr in queries)
-
-
 def router_rows(model_path: Path, run: Path, out: Path, thresholds: list[float]) -> list[dict]:
     """Hit@1 per task, think fraction and ECR tokens per query of the routed unified model at each threshold, plus
     its always- and never-thinking ends."""
+    from eval.bench_thinking import mean_ecr_tokens
     from eval.demo import evaluate
     from eval.harness import load_model
 
@@ -109,7 +104,8 @@ def router_rows(model_path: Path, run: Path, out: Path, thresholds: list[float])
         scores = evaluate(model_path, run / "data", out / "eval" / f"routed-{slug}", store, "full")
         thinks = [p >= threshold for task in probabilities.values() for p in task.values()]
         rows.append({"variant": f"TTE_u {name}", "threshold": None if name != "router" else threshold,
-                     "think_fraction": mean(thinks), "query_tokens": query_tokens(store, processor.tokenizer),
+                     "think_fraction": mean(thinks),
+                     "query_tokens": mean_ecr_tokens(store, processor.tokenizer, "query"),
                      "scores": scores, "overall": mean(scores.values())})
     return rows
 
